@@ -1,0 +1,4 @@
+//! The Fabric runtime library, shared by the node-agent, the host-agent and the
+//! reconciler.
+
+pub mod topology;

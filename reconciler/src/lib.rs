@@ -1,0 +1,7 @@
+//! The Fabric control plane.
+//!
+//! It will hold the manifest sources (a GitOps folder watched with notify, and
+//! `apply` through the Control API), the durable store (embedded by default,
+//! PostgreSQL in production), the reconcile loops that write `observedGeneration`
+//! and conditions back, registry signing, the update orchestrator and the fleet
+//! audit.

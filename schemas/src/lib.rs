@@ -1,0 +1,1 @@
+//! Fabric's declarative types, signed envelopes and record acceptance.
