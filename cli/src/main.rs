@@ -1,1 +1,56 @@
-fn main(){}
+//! `fabricctl`: the operator's command line for Fabric.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Steer a Fabric fleet: validate and sign manifests, manage trust keys,
+/// generate CRDs.
+#[derive(Parser)]
+#[command(name = "fabricctl", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check manifests: every error names file, object, field and line.
+    Validate(cmd::validate::Args),
+    /// Write the CustomResourceDefinitions generated from the types.
+    Crds(cmd::crds::Args),
+    /// Manage the trust root and role keys.
+    #[command(subcommand)]
+    Keys(cmd::keys::Command),
+    /// Sign manifest objects into envelopes.
+    Sign(cmd::sign::Args),
+    /// Check envelopes against a trust root, as a node would.
+    Verify(cmd::verify::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FABRIC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(a) => cmd::validate::run(a),
+        Command::Crds(a) => cmd::crds::run(a),
+        Command::Keys(c) => cmd::keys::run(c),
+        Command::Sign(a) => cmd::sign::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

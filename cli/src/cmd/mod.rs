@@ -1,0 +1,13 @@
+pub mod crds;
+pub mod keys;
+pub mod sign;
+pub mod validate;
+pub mod verify;
+
+/// Output format shared by commands that print results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}

@@ -1,0 +1,359 @@
+//! Record acceptance: the single, sans-IO rule every node applies before a
+//! record may influence anything.
+//!
+//! Order of checks: structure, trust root validity, signer identity, role,
+//! scope, time, generation, then cryptography. Cheap checks run first so that a
+//! flood of junk costs no signature verifications; the batch path relies on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ed25519_dalek::{Signature, VerifyingKey};
+
+use crate::envelope::{DecodeError, Envelope};
+use crate::kinds::{Kind, Spec};
+use crate::scope::ScopeTerm;
+use crate::trust::{Role, TrustAnchor};
+
+/// How far a record's `issued_at` may be ahead of our clock before it is
+/// "not yet valid": tolerates ordinary NTP drift between nodes.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 30;
+
+/// The key of a record in any store: kind and name.
+pub type RecordKey = (Kind, String);
+
+/// What a node already holds for a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldRecord {
+    pub generation: u64,
+    pub digest: [u8; 32],
+}
+
+/// Read access to the records a node holds, for rollback checks.
+pub trait HeldState {
+    fn held(&self, kind: Kind, name: &str) -> Option<HeldRecord>;
+}
+
+impl HeldState for BTreeMap<RecordKey, HeldRecord> {
+    fn held(&self, kind: Kind, name: &str) -> Option<HeldRecord> {
+        self.get(&(kind, name.to_owned())).copied()
+    }
+}
+
+/// A node that holds nothing yet.
+pub struct NothingHeld;
+
+impl HeldState for NothingHeld {
+    fn held(&self, _: Kind, _: &str) -> Option<HeldRecord> {
+        None
+    }
+}
+
+/// Why a record was refused. Every variant names what was wrong.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Rejection {
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+    #[error("trust root version {version} expired at {expires_at}; nothing can be accepted until it is renewed")]
+    TrustRootExpired { version: u64, expires_at: i64 },
+    #[error("unknown signer {public_key}: not a key of the trust root")]
+    UnknownSigner { public_key: String },
+    #[error("wrong role for {kind}: needs a {required} signature, signed only by {signers:?}")]
+    WrongRole {
+        kind: Kind,
+        required: Role,
+        signers: Vec<String>,
+    },
+    #[error("bad signature by key {key_id}")]
+    BadSignature { key_id: String },
+    #[error("below threshold: {have} of {need} {role} signatures")]
+    BelowThreshold { role: Role, have: u32, need: u32 },
+    #[error("expired at {expires_at} (now {now})")]
+    Expired { expires_at: i64, now: i64 },
+    #[error("not yet valid: issued at {issued_at}, now {now}")]
+    NotYetValid { issued_at: i64, now: i64 },
+    #[error("generation rollback: offered {offered}, already hold {held}")]
+    GenerationRollback { held: u64, offered: u64 },
+    #[error("conflicting record at generation {generation}: same generation, different content")]
+    ConflictingGeneration { generation: u64 },
+    #[error("scope wider than key {key_id} may grant: {term} is outside its grant")]
+    ScopeTooWide { key_id: String, term: String },
+}
+
+impl Rejection {
+    /// Stable snake_case label, for counters and audit JSON.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Malformed(_) => "malformed",
+            Rejection::TrustRootExpired { .. } => "trust_root_expired",
+            Rejection::UnknownSigner { .. } => "unknown_signer",
+            Rejection::WrongRole { .. } => "wrong_role",
+            Rejection::BadSignature { .. } => "bad_signature",
+            Rejection::BelowThreshold { .. } => "below_threshold",
+            Rejection::Expired { .. } => "expired",
+            Rejection::NotYetValid { .. } => "not_yet_valid",
+            Rejection::GenerationRollback { .. } => "generation_rollback",
+            Rejection::ConflictingGeneration { .. } => "conflicting_generation",
+            Rejection::ScopeTooWide { .. } => "scope_too_wide",
+        }
+    }
+}
+
+impl From<DecodeError> for Rejection {
+    fn from(e: DecodeError) -> Self {
+        Rejection::Malformed(e.to_string())
+    }
+}
+
+/// Whether an accepted record is new to this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Novelty {
+    New,
+    Replaces {
+        previous_generation: u64,
+    },
+    /// Byte-identical to what we hold; nothing to store or forward.
+    Duplicate,
+}
+
+/// A record that passed every check.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Accepted {
+    pub envelope: Envelope,
+    pub spec: Spec,
+    pub digest: [u8; 32],
+    pub novelty: Novelty,
+    /// Key ids of the signers, in envelope order.
+    pub signers: Vec<String>,
+    /// Every role whose threshold these signers meet (e.g. `recovery-admin`
+    /// on an override lease).
+    pub roles_met: BTreeSet<Role>,
+}
+
+/// Accepts or rejects one envelope. Pure: same inputs, same answer.
+pub fn accept(
+    trust: &TrustAnchor,
+    held: &impl HeldState,
+    envelope: &[u8],
+    now: i64,
+) -> Result<Accepted, Rejection> {
+    let checked = precheck(trust, held, envelope, now)?;
+    for (entry, key) in checked.envelope.signatures.iter().zip(&checked.keys) {
+        let sig = Signature::from_bytes(&entry.signature);
+        key.verify_strict(&checked.envelope.body, &sig)
+            .map_err(|_| Rejection::BadSignature {
+                key_id: key_id(trust, &entry.public_key),
+            })?;
+    }
+    Ok(checked.accepted)
+}
+
+/// Accepts many envelopes at once with one batched signature verification.
+///
+/// Results are in input order and equal to calling [`accept`] on each against
+/// the same `held` state (records in one batch do not see each other). If the
+/// batch fails, each candidate is re-verified alone so one bad signature
+/// rejects only its own envelope.
+pub fn accept_batch(
+    trust: &TrustAnchor,
+    held: &impl HeldState,
+    envelopes: &[&[u8]],
+    now: i64,
+) -> Vec<Result<Accepted, Rejection>> {
+    let mut results: Vec<Result<Prechecked, Rejection>> = envelopes
+        .iter()
+        .map(|e| precheck(trust, held, e, now))
+        .collect();
+    let mut messages: Vec<&[u8]> = Vec::new();
+    let mut signatures = Vec::new();
+    let mut keys = Vec::new();
+    for p in results.iter().flatten() {
+        for (entry, key) in p.envelope_sigs() {
+            messages.push(&p.envelope.body);
+            signatures.push(Signature::from_bytes(&entry.signature));
+            keys.push(*key);
+        }
+    }
+    let batch_ok =
+        !messages.is_empty() && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
+    results
+        .drain(..)
+        .map(|r| {
+            let p = r?;
+            if !batch_ok {
+                for (entry, key) in p.envelope_sigs() {
+                    let sig = Signature::from_bytes(&entry.signature);
+                    key.verify_strict(&p.envelope.body, &sig).map_err(|_| {
+                        Rejection::BadSignature {
+                            key_id: key_id(trust, &entry.public_key),
+                        }
+                    })?;
+                }
+            }
+            Ok(p.accepted)
+        })
+        .collect()
+}
+
+struct Prechecked {
+    accepted: Accepted,
+    keys: Vec<VerifyingKey>,
+}
+
+impl Prechecked {
+    fn envelope_sigs(
+        &self,
+    ) -> impl Iterator<Item = (&crate::envelope::SignatureEntry, &VerifyingKey)> {
+        self.accepted.envelope.signatures.iter().zip(&self.keys)
+    }
+}
+
+impl std::ops::Deref for Prechecked {
+    type Target = Accepted;
+    fn deref(&self) -> &Accepted {
+        &self.accepted
+    }
+}
+
+fn key_id(trust: &TrustAnchor, pk: &[u8; 32]) -> String {
+    trust
+        .key(pk)
+        .map(|k| k.id.clone())
+        .unwrap_or_else(|| hex::encode(pk))
+}
+
+/// Every check except signature verification.
+fn precheck(
+    trust: &TrustAnchor,
+    held: &impl HeldState,
+    bytes: &[u8],
+    now: i64,
+) -> Result<Prechecked, Rejection> {
+    let envelope = Envelope::decode(bytes)?;
+    if now >= trust.expires_at {
+        return Err(Rejection::TrustRootExpired {
+            version: trust.version,
+            expires_at: trust.expires_at,
+        });
+    }
+    let record = &envelope.record;
+    let mut seen = BTreeSet::new();
+    let mut signers = Vec::with_capacity(envelope.signatures.len());
+    let mut role_counts: BTreeMap<Role, u32> = BTreeMap::new();
+    for entry in &envelope.signatures {
+        if !seen.insert(entry.public_key) {
+            return Err(Rejection::Malformed(format!(
+                "key {} signed twice",
+                key_id(trust, &entry.public_key)
+            )));
+        }
+        let known = trust
+            .key(&entry.public_key)
+            .ok_or_else(|| Rejection::UnknownSigner {
+                public_key: hex::encode(entry.public_key),
+            })?;
+        for role in &known.roles {
+            *role_counts.entry(*role).or_default() += 1;
+        }
+        signers.push(known);
+    }
+    let required = Role::required_for(record.kind);
+    let have = role_counts.get(&required).copied().unwrap_or(0);
+    if have == 0 {
+        return Err(Rejection::WrongRole {
+            kind: record.kind,
+            required,
+            signers: signers.iter().map(|k| k.id.clone()).collect(),
+        });
+    }
+    let need = trust.threshold(required);
+    if have < need {
+        return Err(Rejection::BelowThreshold {
+            role: required,
+            have,
+            need,
+        });
+    }
+    // Every signer vouches for the record, so every signer's grant must cover its scope.
+    for k in &signers {
+        if let Some(term) = record.scope.first_uncovered(&k.grant) {
+            return Err(Rejection::ScopeTooWide {
+                key_id: k.id.clone(),
+                term: term.to_string(),
+            });
+        }
+    }
+    if record.issued_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
+        return Err(Rejection::NotYetValid {
+            issued_at: record.issued_at,
+            now,
+        });
+    }
+    if record.expires_at <= now {
+        return Err(Rejection::Expired {
+            expires_at: record.expires_at,
+            now,
+        });
+    }
+    let digest = envelope.digest();
+    let novelty = match held.held(record.kind, &record.name) {
+        None => Novelty::New,
+        Some(h) if record.generation < h.generation => {
+            return Err(Rejection::GenerationRollback {
+                held: h.generation,
+                offered: record.generation,
+            })
+        }
+        Some(h) if record.generation == h.generation && digest != h.digest => {
+            return Err(Rejection::ConflictingGeneration {
+                generation: record.generation,
+            })
+        }
+        Some(h) if record.generation == h.generation => Novelty::Duplicate,
+        Some(h) => Novelty::Replaces {
+            previous_generation: h.generation,
+        },
+    };
+    let spec = record.spec()?;
+    check_spec_scope(&spec, record)?;
+    let keys = envelope.verifying_keys()?;
+    let roles_met = Role::ALL
+        .into_iter()
+        .filter(|r| role_counts.get(r).copied().unwrap_or(0) >= trust.threshold(*r))
+        .collect();
+    let signer_ids = signers.iter().map(|k| k.id.clone()).collect();
+    Ok(Prechecked {
+        accepted: Accepted {
+            envelope,
+            spec,
+            digest,
+            novelty,
+            signers: signer_ids,
+            roles_met,
+        },
+        keys,
+    })
+}
+
+/// A node record must name its own node in scope terms the signer could grant:
+/// otherwise a key scoped to `area:eu` could publish a node record claiming to
+/// be in another area under a scope of `area:eu`.
+fn check_spec_scope(spec: &Spec, record: &crate::envelope::Record) -> Result<(), Rejection> {
+    let Spec::FabricNode(node) = spec else {
+        return Ok(());
+    };
+    let ok = record.scope.terms().iter().all(|t| match t {
+        ScopeTerm::Any => true,
+        ScopeTerm::Area(a) => *a == node.area,
+        ScopeTerm::Site(s) => *s == node.site_id,
+        ScopeTerm::NatGroup(n) => *n == node.nat_group,
+        ScopeTerm::Node(n) => *n == record.name,
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::Malformed(format!(
+            "scope {} does not match node {:?} (area {}, site {}, nat {})",
+            record.scope, record.name, node.area, node.site_id, node.nat_group
+        )))
+    }
+}

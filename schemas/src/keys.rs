@@ -1,0 +1,159 @@
+//! Signing keys on disk: PKCS#8 PEM, written atomically and readable only by the owner.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::SigningKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not an ed25519 PKCS#8 PEM private key: {reason}")]
+    Format { path: String, reason: String },
+}
+
+/// A fresh key from the operating system's RNG.
+pub fn generate() -> SigningKey {
+    SigningKey::generate(&mut rand_core::OsRng)
+}
+
+pub fn write_private_key(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
+    let pem = key
+        .to_pkcs8_pem(Default::default())
+        .map_err(|e| KeyFileError::Format {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    write_atomic(path, pem.as_bytes(), 0o600)
+}
+
+pub fn read_private_key(path: &Path) -> Result<SigningKey, KeyFileError> {
+    let text = fs::read_to_string(path).map_err(|source| KeyFileError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    SigningKey::from_pkcs8_pem(&text).map_err(|e| KeyFileError::Format {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Writes `bytes` to `path` via a temp file, fsync and rename, so a crash
+/// leaves either the old file or the new one, never half of either.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyFileError> {
+    let io = |source| KeyFileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = opts.open(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io)?;
+    if let Ok(d) = fs::File::open(dir) {
+        // Persist the rename itself; failure here only weakens durability, not correctness.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// One generated role key.
+pub struct RoleKey {
+    pub id: String,
+    pub role: crate::trust::Role,
+    pub key: SigningKey,
+}
+
+/// How many keys each role gets and how many must sign.
+#[derive(Clone, Debug)]
+pub struct TrustRootPlan {
+    pub root_keys: u32,
+    pub root_threshold: u32,
+    pub control_keys: u32,
+    pub control_threshold: u32,
+    pub version: u64,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+impl TrustRootPlan {
+    pub fn single_keys(expires_at: i64) -> Self {
+        TrustRootPlan {
+            root_keys: 1,
+            root_threshold: 1,
+            control_keys: 1,
+            control_threshold: 1,
+            version: 1,
+            expires_at,
+        }
+    }
+}
+
+/// Generates fresh role keys and the trust-root spec naming them. Key ids are
+/// `<role>-<n>` and every key may sign fleet-wide (`*`).
+pub fn generate_trust_root(plan: &TrustRootPlan) -> (crate::kinds::TrustRootSpec, Vec<RoleKey>) {
+    use crate::kinds::{RoleKeys, TrustKey, TrustRoles, TrustRootSpec};
+    use crate::trust::Role;
+    let mut keys = Vec::new();
+    let mut role_keys = |role: Role, n: u32, threshold: u32| {
+        let ids: Vec<String> = (1..=n.max(1))
+            .map(|i| format!("{}-{i}", role.as_str()))
+            .collect();
+        for id in &ids {
+            keys.push(RoleKey {
+                id: id.clone(),
+                role,
+                key: generate(),
+            });
+        }
+        RoleKeys {
+            key_ids: ids,
+            threshold: threshold.clamp(1, n.max(1)),
+        }
+    };
+    let roles = TrustRoles {
+        root: role_keys(Role::Root, plan.root_keys, plan.root_threshold),
+        control: role_keys(Role::Control, plan.control_keys, plan.control_threshold),
+        orchestrator: role_keys(Role::Orchestrator, 1, 1),
+        recovery_admin: role_keys(Role::RecoveryAdmin, 1, 1),
+    };
+    let spec = TrustRootSpec {
+        version: plan.version,
+        expires_at: crate::time::format_rfc3339(plan.expires_at),
+        keys: keys
+            .iter()
+            .map(|k| TrustKey {
+                id: k.id.clone(),
+                public_key: hex::encode(k.key.verifying_key().to_bytes()),
+                scope: Vec::new(),
+            })
+            .collect(),
+        roles,
+    };
+    (spec, keys)
+}

@@ -1,0 +1,195 @@
+//! A trust root in the form `accept` works with: keys indexed by public key,
+//! roles resolved, expiry as Unix seconds. Built once, checked strictly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::kinds::{Kind, TrustRootSpec};
+use crate::scope::ScopeTerm;
+use crate::time::parse_rfc3339;
+
+/// The four signing roles of the trust model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Root,
+    Control,
+    Orchestrator,
+    RecoveryAdmin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Role::Root,
+        Role::Control,
+        Role::Orchestrator,
+        Role::RecoveryAdmin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Root => "root",
+            Role::Control => "control",
+            Role::Orchestrator => "orchestrator",
+            Role::RecoveryAdmin => "recovery-admin",
+        }
+    }
+
+    /// The role whose threshold must be met for a record of `kind`.
+    pub fn required_for(kind: Kind) -> Role {
+        match kind {
+            Kind::FabricNode | Kind::ServiceRecord | Kind::UpdateIntent | Kind::RolloutPolicy => {
+                Role::Control
+            }
+            Kind::RolloutLease => Role::Orchestrator,
+            Kind::TrustRoot => Role::Root,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One key the trust root knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownKey {
+    pub id: String,
+    pub roles: BTreeSet<Role>,
+    pub grant: Vec<ScopeTerm>,
+}
+
+/// Why a trust-root spec cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TrustRootError {
+    #[error("keys[{index}].publicKey: {reason}")]
+    PublicKey { index: usize, reason: String },
+    #[error("keys[{index}].id: duplicate key id {id:?}")]
+    DuplicateId { index: usize, id: String },
+    #[error("keys[{index}].publicKey: the same key is listed twice")]
+    DuplicateKey { index: usize },
+    #[error("keys[{index}].scope[{term}]: {reason}")]
+    Scope {
+        index: usize,
+        term: usize,
+        reason: String,
+    },
+    #[error("roles.{role}.keyIds: unknown key id {id:?}")]
+    UnknownKeyId { role: Role, id: String },
+    #[error("roles.{role}.threshold: {threshold} with {keys} keys (need 1 <= threshold <= keys)")]
+    Threshold {
+        role: Role,
+        threshold: u32,
+        keys: usize,
+    },
+    #[error("expiresAt: {0}")]
+    Expiry(String),
+}
+
+/// A usable trust root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustAnchor {
+    pub version: u64,
+    pub expires_at: i64,
+    keys: BTreeMap<[u8; 32], KnownKey>,
+    thresholds: BTreeMap<Role, u32>,
+}
+
+impl TrustAnchor {
+    pub fn from_spec(spec: &TrustRootSpec) -> Result<TrustAnchor, TrustRootError> {
+        let expires_at =
+            parse_rfc3339(&spec.expires_at).map_err(|e| TrustRootError::Expiry(e.to_string()))?;
+        let mut keys = BTreeMap::new();
+        let mut by_id: BTreeMap<&str, [u8; 32]> = BTreeMap::new();
+        for (index, k) in spec.keys.iter().enumerate() {
+            let mut pk = [0u8; 32];
+            hex::decode_to_slice(&k.public_key, &mut pk).map_err(|_| {
+                TrustRootError::PublicKey {
+                    index,
+                    reason: format!("{:?} is not 64 hex digits", k.public_key),
+                }
+            })?;
+            ed25519_dalek::VerifyingKey::from_bytes(&pk).map_err(|_| {
+                TrustRootError::PublicKey {
+                    index,
+                    reason: "not a valid ed25519 point".into(),
+                }
+            })?;
+            if by_id.insert(&k.id, pk).is_some() {
+                return Err(TrustRootError::DuplicateId {
+                    index,
+                    id: k.id.clone(),
+                });
+            }
+            let grant = if k.scope.is_empty() {
+                vec![ScopeTerm::Any]
+            } else {
+                k.scope
+                    .iter()
+                    .enumerate()
+                    .map(|(term, s)| {
+                        s.parse::<ScopeTerm>().map_err(|e| TrustRootError::Scope {
+                            index,
+                            term,
+                            reason: e.to_string(),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?
+            };
+            let known = KnownKey {
+                id: k.id.clone(),
+                roles: BTreeSet::new(),
+                grant,
+            };
+            if keys.insert(pk, known).is_some() {
+                return Err(TrustRootError::DuplicateKey { index });
+            }
+        }
+        let mut thresholds = BTreeMap::new();
+        let r = &spec.roles;
+        for (role, rk) in [
+            (Role::Root, &r.root),
+            (Role::Control, &r.control),
+            (Role::Orchestrator, &r.orchestrator),
+            (Role::RecoveryAdmin, &r.recovery_admin),
+        ] {
+            let ids: BTreeSet<&String> = rk.key_ids.iter().collect();
+            if rk.threshold == 0 || rk.threshold as usize > ids.len() {
+                return Err(TrustRootError::Threshold {
+                    role,
+                    threshold: rk.threshold,
+                    keys: ids.len(),
+                });
+            }
+            for id in ids {
+                let pk = by_id
+                    .get(id.as_str())
+                    .ok_or_else(|| TrustRootError::UnknownKeyId {
+                        role,
+                        id: id.clone(),
+                    })?;
+                if let Some(k) = keys.get_mut(pk) {
+                    k.roles.insert(role);
+                }
+            }
+            thresholds.insert(role, rk.threshold);
+        }
+        Ok(TrustAnchor {
+            version: spec.version,
+            expires_at,
+            keys,
+            thresholds,
+        })
+    }
+
+    pub fn key(&self, public_key: &[u8; 32]) -> Option<&KnownKey> {
+        self.keys.get(public_key)
+    }
+
+    pub fn threshold(&self, role: Role) -> u32 {
+        // from_spec fills every role, so the fallback is never taken; u32::MAX fails closed.
+        self.thresholds.get(&role).copied().unwrap_or(u32::MAX)
+    }
+}
