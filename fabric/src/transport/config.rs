@@ -1,0 +1,107 @@
+//! Transport settings and the QUIC parameters derived from them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{IdleTimeout, MtuDiscoveryConfig, VarInt};
+
+use crate::topology::TopologyLabels;
+
+/// Outer (direct) connections start at 1280 bytes of UDP payload so that a
+/// relayed inner packet (at least 1200 bytes, QUIC's minimum) plus our 9-byte
+/// tunnel header and the outer packet's ~32 bytes of overhead fit in one QUIC
+/// datagram from the first packet on. 1280 + 28 bytes of IP/UDP header fits
+/// every path that can carry IPv6. MTU discovery then raises it.
+pub(crate) const DIRECT_INITIAL_MTU: u16 = 1280;
+/// Inner (tunnelled) connections: QUIC's minimum, probing up to what an outer
+/// datagram of a 1452-byte path can carry.
+pub(crate) const TUNNEL_INITIAL_MTU: u16 = 1200;
+pub(crate) const TUNNEL_MAX_MTU: u16 = 1400;
+
+/// How a node's transport behaves. `Default` is for production; tests shorten
+/// the timers.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// The one UDP socket of the node.
+    pub bind: SocketAddr,
+    /// Where this node sits; the path ranker compares it with peers' labels.
+    pub labels: TopologyLabels,
+    /// Act as a relay for other nodes (the node has the relay role).
+    pub relay: bool,
+    /// A connection with no traffic for this long is dead.
+    pub idle_timeout: Duration,
+    /// Keep-alive so NAT bindings and the idle timer stay fresh.
+    pub keep_alive: Duration,
+    /// Per path attempt (one candidate or one relay).
+    pub connect_timeout: Duration,
+    /// How long a peer may take to send a stream header or control message.
+    pub header_timeout: Duration,
+    /// How often relayed connections we opened retry their direct candidates;
+    /// `None` disables moving back to a direct path.
+    pub path_upgrade_interval: Option<Duration>,
+    /// How long a replaced connection may keep serving open channels.
+    pub drain_grace: Duration,
+    /// Concurrent bidirectional streams a peer may open on one connection.
+    pub max_streams_per_connection: u32,
+    /// Connections accepted at once; more are refused.
+    pub max_connections: usize,
+    /// Tunnels this node relays, and tunnels it terminates, at once.
+    pub max_tunnels: usize,
+    /// Incoming channels waiting for a service's `accept` before we answer busy.
+    pub service_queue: usize,
+}
+
+impl TransportConfig {
+    pub fn new(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            labels: TopologyLabels::default(),
+            relay: false,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(5),
+            path_upgrade_interval: Some(Duration::from_secs(30)),
+            drain_grace: Duration::from_secs(30),
+            max_streams_per_connection: 256,
+            max_connections: 4096,
+            max_tunnels: 1024,
+            service_queue: 64,
+        }
+    }
+}
+
+fn base(config: &TransportConfig) -> quinn::TransportConfig {
+    let mut tc = quinn::TransportConfig::default();
+    // Fall back to quinn's default if the configured value does not fit a varint.
+    if let Ok(idle) = IdleTimeout::try_from(config.idle_timeout) {
+        tc.max_idle_timeout(Some(idle));
+    }
+    tc.keep_alive_interval(Some(config.keep_alive));
+    tc.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams_per_connection));
+    // Channels are bidirectional streams only.
+    tc.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // Tunnelled packets ride in datagrams; give bursts room before dropping.
+    tc.datagram_receive_buffer_size(Some(4 << 20));
+    tc.datagram_send_buffer_size(4 << 20);
+    tc
+}
+
+/// Parameters of connections over a real UDP path.
+pub(crate) fn direct_transport(config: &TransportConfig) -> Arc<quinn::TransportConfig> {
+    let mut tc = base(config);
+    tc.initial_mtu(DIRECT_INITIAL_MTU);
+    Arc::new(tc)
+}
+
+/// Parameters of end-to-end connections carried through a relay.
+pub(crate) fn tunnel_transport(config: &TransportConfig) -> Arc<quinn::TransportConfig> {
+    let mut tc = base(config);
+    tc.initial_mtu(TUNNEL_INITIAL_MTU);
+    tc.min_mtu(TUNNEL_INITIAL_MTU);
+    let mut mtud = MtuDiscoveryConfig::default();
+    mtud.upper_bound(TUNNEL_MAX_MTU);
+    tc.mtu_discovery_config(Some(mtud));
+    Arc::new(tc)
+}

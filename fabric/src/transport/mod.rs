@@ -1,0 +1,825 @@
+//! The QUIC transport: one UDP socket and one quinn endpoint per node, an address
+//! book of peers, a cache of authenticated connections, and the path ladder
+//! (ranked direct candidates, then relays).
+//!
+//! Services use [`Transport::open`] and [`Transport::listen`] and get
+//! [`Channel`]s; which path carries them is visible only through
+//! [`Transport::path_to`] (tests, metrics).
+
+mod config;
+mod error;
+mod socket;
+mod tunnel;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+pub use config::TransportConfig;
+pub use error::{PathAttempt, TransportError};
+
+use crate::channel::{
+    encode_header, read_header, validate_service, Channel, ChannelCount, ChannelGuard,
+    ChannelListener, HeaderError, Status,
+};
+use crate::identity::NodeIdentity;
+use crate::path::{DefaultPathRanker, PathKind, PathRanker, PeerInfo};
+use crate::relay::{
+    ForwardTable, RelayTap, TunnelHeader, TunnelKind, RELAY_ACCEPT_SERVICE, RELAY_SERVICE,
+};
+use crate::tls::{self, IdentityMismatch, TlsIdentity, SERVER_NAME};
+use crate::topology::NodeId;
+use socket::FabricSocket;
+
+/// QUIC application close codes, so a peer's log says why we hung up.
+pub(crate) mod close_code {
+    pub const SHUTDOWN: u32 = 0;
+    pub const PATH_REPLACED: u32 = 1;
+    pub const RELAY_LOST: u32 = 2;
+    pub const IDENTITY: u32 = 3;
+    pub const DISCONNECT: u32 = 4;
+}
+
+/// A live, authenticated connection to a peer and how it is carried.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnEntry {
+    pub conn: quinn::Connection,
+    pub peer: NodeId,
+    pub path: PathKind,
+    /// We dialled it (only the dialler moves a relayed connection to a direct path).
+    pub outbound: bool,
+    pub channels: Arc<ChannelCount>,
+}
+
+impl ConnEntry {
+    fn is_alive(&self) -> bool {
+        self.conn.close_reason().is_none()
+    }
+}
+
+pub(crate) struct Inner {
+    node_id: NodeId,
+    tls: TlsIdentity,
+    config: TransportConfig,
+    endpoint: quinn::Endpoint,
+    socket: Arc<FabricSocket>,
+    direct_tc: Arc<quinn::TransportConfig>,
+    tunnel_tc: Arc<quinn::TransportConfig>,
+    tunnel_server: Arc<quinn::ServerConfig>,
+    book: RwLock<HashMap<NodeId, PeerInfo>>,
+    ranker: RwLock<Arc<dyn PathRanker>>,
+    conns: Mutex<HashMap<NodeId, ConnEntry>>,
+    dialing: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+    services: Mutex<HashMap<String, mpsc::Sender<Channel>>>,
+    forwards: ForwardTable,
+    tap: RwLock<Option<Arc<dyn RelayTap>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A node's fabric transport. Cheap to clone; call [`Transport::shutdown`] to stop it.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("node_id", &self.inner.node_id)
+            .field("local", &self.inner.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a service's registration when its listener is dropped.
+struct ListenerRegistration {
+    inner: std::sync::Weak<Inner>,
+    service: String,
+}
+
+impl Drop for ListenerRegistration {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            if let Ok(mut s) = inner.services.lock() {
+                s.remove(&self.service);
+            }
+        }
+    }
+}
+
+impl Transport {
+    /// Binds the node's UDP socket and starts accepting connections.
+    pub async fn bind(
+        identity: &NodeIdentity,
+        config: TransportConfig,
+    ) -> Result<Self, TransportError> {
+        let bind_err = |source| TransportError::Bind {
+            addr: config.bind,
+            source,
+        };
+        let std_socket = std::net::UdpSocket::bind(config.bind).map_err(bind_err)?;
+        std_socket.set_nonblocking(true).map_err(bind_err)?;
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        let real = runtime.wrap_udp_socket(std_socket).map_err(bind_err)?;
+        let socket = Arc::new(FabricSocket::new(real).map_err(bind_err)?);
+
+        let tls = TlsIdentity::new(identity)?;
+        let server_crypto = tls::server_crypto(&tls)?;
+        let direct_tc = config::direct_transport(&config);
+        let tunnel_tc = config::tunnel_transport(&config);
+        let mut server = quinn::ServerConfig::with_crypto(server_crypto.clone());
+        server.transport_config(direct_tc.clone());
+        let mut tunnel_server = quinn::ServerConfig::with_crypto(server_crypto);
+        tunnel_server.transport_config(tunnel_tc.clone());
+
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket.clone(),
+            runtime,
+        )
+        .map_err(bind_err)?;
+
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            node_id: identity.node_id(),
+            tls,
+            config,
+            endpoint,
+            socket,
+            direct_tc,
+            tunnel_tc,
+            tunnel_server: Arc::new(tunnel_server),
+            book: RwLock::new(HashMap::new()),
+            ranker: RwLock::new(Arc::new(DefaultPathRanker)),
+            conns: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashMap::new()),
+            services: Mutex::new(HashMap::new()),
+            forwards: ForwardTable::default(),
+            tap: RwLock::new(None),
+            shutdown,
+        });
+        tracing::info!(
+            node_id = %inner.node_id,
+            addr = ?inner.endpoint.local_addr().ok(),
+            relay = inner.config.relay,
+            "fabric transport listening"
+        );
+        tokio::spawn(inner.clone().accept_loop());
+        if let Some(every) = inner.config.path_upgrade_interval {
+            tokio::spawn(inner.clone().upgrade_loop(every));
+        }
+        Ok(Self { inner })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// The address of the node's UDP socket.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// Records (or replaces) what the signed node record says about a peer.
+    pub fn set_peer(&self, node: NodeId, info: PeerInfo) {
+        if let Ok(mut book) = self.inner.book.write() {
+            book.insert(node, info);
+        }
+    }
+
+    pub fn remove_peer(&self, node: NodeId) {
+        if let Ok(mut book) = self.inner.book.write() {
+            book.remove(&node);
+        }
+    }
+
+    /// Replaces the path ranking (the peer planner plugs in here).
+    pub fn set_path_ranker(&self, ranker: Arc<dyn PathRanker>) {
+        if let Ok(mut r) = self.inner.ranker.write() {
+            *r = ranker;
+        }
+    }
+
+    /// Installs a hook that sees every packet this node relays (tests, diagnostics).
+    pub fn set_relay_tap(&self, tap: Option<Arc<dyn RelayTap>>) {
+        if let Ok(mut t) = self.inner.tap.write() {
+            *t = tap;
+        }
+    }
+
+    /// Opens a channel to `service` on `node`, connecting first if needed.
+    pub async fn open(&self, node: NodeId, service: &str) -> Result<Channel, TransportError> {
+        validate_service(service, false)?;
+        let entry = self.inner.connection_to(node).await?;
+        match self.inner.open_on(&entry, service).await {
+            Err(e) if e.is_connection_lost() => {
+                // The cached connection died under us (relay gone, peer restarted):
+                // one fresh attempt walks the path ladder again.
+                tracing::info!(
+                    peer = %node, path = %entry.path, error = %e,
+                    "cached connection lost, reconnecting"
+                );
+                self.inner.forget(node, entry.conn.stable_id());
+                let entry = self.inner.connection_to(node).await?;
+                self.inner.open_on(&entry, service).await
+            }
+            other => other,
+        }
+    }
+
+    /// Starts serving `service`; incoming channels carry the peer's verified NodeId.
+    pub fn listen(&self, service: &str) -> Result<ChannelListener, TransportError> {
+        validate_service(service, false)?;
+        let (tx, rx) = mpsc::channel(self.inner.config.service_queue.max(1));
+        let mut services = self
+            .inner
+            .services
+            .lock()
+            .map_err(|_| TransportError::Shutdown)?;
+        if services.get(service).is_some_and(|s| !s.is_closed()) {
+            return Err(TransportError::AlreadyListening {
+                service: service.to_owned(),
+            });
+        }
+        services.insert(service.to_owned(), tx);
+        let registration = ListenerRegistration {
+            inner: Arc::downgrade(&self.inner),
+            service: service.to_owned(),
+        };
+        Ok(ChannelListener::new(
+            service.to_owned(),
+            rx,
+            Box::new(registration),
+        ))
+    }
+
+    /// Establishes (or reuses) a connection to `node` and reports its path.
+    pub async fn connect(&self, node: NodeId) -> Result<PathKind, TransportError> {
+        Ok(self.inner.connection_to(node).await?.path)
+    }
+
+    /// Closes the cached connection to `node`, if any (channels on it fail).
+    pub fn disconnect(&self, node: NodeId) {
+        let removed = self
+            .inner
+            .conns
+            .lock()
+            .ok()
+            .and_then(|mut c| c.remove(&node));
+        if let Some(e) = removed {
+            e.conn
+                .close(close_code::DISCONNECT.into(), b"disconnected by local node");
+        }
+    }
+
+    /// The path of the live connection to `node`, if there is one. For tests and
+    /// metrics; services must not depend on it.
+    pub fn path_to(&self, node: NodeId) -> Option<PathKind> {
+        let conns = self.inner.conns.lock().ok()?;
+        conns.get(&node).filter(|e| e.is_alive()).map(|e| e.path)
+    }
+
+    /// Tunnels this node currently relays for others.
+    pub fn relayed_tunnels(&self) -> usize {
+        self.inner.forwards.tunnels()
+    }
+
+    /// Stops the node: closes every connection (peers see it at once) and the socket.
+    pub async fn shutdown(&self) {
+        tracing::info!(node_id = %self.inner.node_id, "fabric transport shutting down");
+        let _ = self.inner.shutdown.send(true);
+        self.inner
+            .endpoint
+            .close(close_code::SHUTDOWN.into(), b"node shutting down");
+        // Break the socket -> tunnel -> connection -> endpoint reference cycles.
+        self.inner.socket.clear();
+        self.inner.forwards.clear();
+        if let Ok(mut c) = self.inner.conns.lock() {
+            c.clear();
+        }
+        if let Ok(mut s) = self.inner.services.lock() {
+            s.clear();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+impl Inner {
+    fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    fn is_shut_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn live_entry(&self, node: NodeId) -> Option<ConnEntry> {
+        let conns = self.conns.lock().ok()?;
+        conns.get(&node).filter(|e| e.is_alive()).cloned()
+    }
+
+    /// Forgets the cache entry for `node` if it is still the given connection.
+    fn forget(&self, node: NodeId, stable_id: usize) {
+        if let Ok(mut conns) = self.conns.lock() {
+            if conns
+                .get(&node)
+                .is_some_and(|e| e.conn.stable_id() == stable_id)
+            {
+                conns.remove(&node);
+            }
+        }
+    }
+
+    fn dial_lock(&self, node: NodeId) -> Arc<tokio::sync::Mutex<()>> {
+        match self.dialing.lock() {
+            Ok(mut d) => d.entry(node).or_default().clone(),
+            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    fn ranker(&self) -> Arc<dyn PathRanker> {
+        match self.ranker.read() {
+            Ok(r) => r.clone(),
+            Err(_) => Arc::new(DefaultPathRanker),
+        }
+    }
+
+    fn peer_info(&self, node: NodeId) -> Option<PeerInfo> {
+        self.book.read().ok()?.get(&node).cloned()
+    }
+
+    fn tap(&self) -> Option<Arc<dyn RelayTap>> {
+        self.tap.read().ok()?.clone()
+    }
+
+    /// Puts a fresh connection in the cache and starts serving it.
+    fn register(
+        self: &Arc<Self>,
+        conn: quinn::Connection,
+        peer: NodeId,
+        path: PathKind,
+        outbound: bool,
+    ) -> ConnEntry {
+        let entry = ConnEntry {
+            conn,
+            peer,
+            path,
+            outbound,
+            channels: Arc::new(ChannelCount::default()),
+        };
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.insert(peer, entry.clone());
+        }
+        tracing::info!(
+            node_id = %self.node_id.short(), peer = %peer.short(), path = %path, outbound,
+            "connection established"
+        );
+        tokio::spawn(self.clone().drive_connection(entry.clone()));
+        entry
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let open = self.conns.lock().map(|c| c.len()).unwrap_or(0);
+            if open >= self.config.max_connections {
+                tracing::warn!(
+                    remote = %incoming.remote_address(), open,
+                    "refusing connection: at max_connections"
+                );
+                incoming.refuse();
+                continue;
+            }
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                if let Err(e) = inner.handle_incoming(incoming).await {
+                    tracing::debug!(%remote, error = %e, "incoming connection failed");
+                }
+            });
+        }
+    }
+
+    async fn handle_incoming(
+        self: &Arc<Self>,
+        incoming: quinn::Incoming,
+    ) -> Result<(), TransportError> {
+        let remote = incoming.remote_address();
+        let route = self.socket.route(&remote);
+        let connecting = match route {
+            // Tunnelled connections need the smaller MTU of a relay path.
+            Some(_) => incoming.accept_with(self.tunnel_server.clone()),
+            None => incoming.accept(),
+        }
+        .map_err(|e| TransportError::Connect {
+            endpoint: remote.to_string(),
+            reason: e.to_string(),
+        })?;
+        let conn = tokio::time::timeout(self.config.connect_timeout, connecting)
+            .await
+            .map_err(|_| TransportError::Timeout {
+                during: format!("accepting a connection from {remote}"),
+                after: self.config.connect_timeout,
+            })?
+            .map_err(|e| TransportError::Connect {
+                endpoint: remote.to_string(),
+                reason: e.to_string(),
+            })?;
+        let Some(peer) = tls::peer_node_id(&conn) else {
+            conn.close(close_code::IDENTITY.into(), b"no node identity");
+            return Err(TransportError::Connect {
+                endpoint: remote.to_string(),
+                reason: "peer presented no usable node certificate".into(),
+            });
+        };
+        let path = match route {
+            Some(r) => PathKind::Relayed { via: r.via },
+            None => PathKind::Direct { addr: remote },
+        };
+        self.register(conn, peer, path, false);
+        Ok(())
+    }
+
+    /// Serves one connection until it closes: incoming streams and tunnel datagrams.
+    async fn drive_connection(self: Arc<Self>, entry: ConnEntry) {
+        let streams = async {
+            loop {
+                match entry.conn.accept_bi().await {
+                    Ok((send, recv)) => {
+                        tokio::spawn(self.clone().handle_stream(entry.clone(), send, recv));
+                    }
+                    Err(e) => return e,
+                }
+            }
+        };
+        let datagrams = async {
+            loop {
+                match entry.conn.read_datagram().await {
+                    Ok(d) => self.on_datagram(&entry, d),
+                    Err(e) => return e,
+                }
+            }
+        };
+        let reason = tokio::select! {
+            e = streams => e,
+            e = datagrams => e,
+        };
+        self.forget(entry.peer, entry.conn.stable_id());
+        self.forwards.remove_conn(entry.conn.stable_id());
+        tracing::info!(
+            node_id = %self.node_id.short(), peer = %entry.peer.short(), path = %entry.path,
+            reason = %reason, "connection closed"
+        );
+    }
+
+    fn on_datagram(&self, entry: &ConnEntry, data: bytes::Bytes) {
+        let Some(header) = TunnelHeader::parse(&data) else {
+            tracing::debug!(peer = %entry.peer.short(), len = data.len(), "dropping malformed datagram");
+            return;
+        };
+        let payload = data.slice(TunnelHeader::LEN..);
+        let delivered = match header.kind {
+            TunnelKind::ToRelay => self.forwards.forward(
+                entry.conn.stable_id(),
+                header.tunnel,
+                &payload,
+                self.tap().as_ref(),
+            ),
+            TunnelKind::FromRelay => {
+                self.socket
+                    .inject(entry.conn.stable_id(), header.tunnel, payload)
+            }
+        };
+        if !delivered {
+            tracing::trace!(
+                peer = %entry.peer.short(), tunnel = header.tunnel, kind = ?header.kind,
+                "dropping datagram for unknown tunnel"
+            );
+        }
+    }
+
+    async fn handle_stream(
+        self: Arc<Self>,
+        entry: ConnEntry,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let header =
+            match tokio::time::timeout(self.config.header_timeout, read_header(&mut recv)).await {
+                Ok(r) => r,
+                Err(_) => Err(HeaderError::Timeout),
+            };
+        let service = match header {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(peer = %entry.peer.short(), error = %e, "refusing stream with bad header");
+                refuse(&mut send, &mut recv, Status::BadHeader).await;
+                return;
+            }
+        };
+        let guard = ChannelGuard::new(entry.channels.clone());
+        match service.as_str() {
+            RELAY_SERVICE | RELAY_ACCEPT_SERVICE => {
+                if send.write_all(&[Status::Accepted as u8]).await.is_err() {
+                    return;
+                }
+                let ch = Channel::new(send, recv, entry.peer, service.clone(), guard);
+                if service == RELAY_SERVICE {
+                    self.serve_relay(entry, ch).await;
+                } else {
+                    self.serve_offer(entry, ch).await;
+                }
+            }
+            _ => {
+                let tx = self
+                    .services
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.get(&service).cloned());
+                let permit = match tx.as_ref().map(|tx| tx.try_reserve()) {
+                    Some(Ok(permit)) => permit,
+                    Some(Err(mpsc::error::TrySendError::Full(()))) => {
+                        tracing::warn!(service, peer = %entry.peer.short(), "service queue full, answering busy");
+                        refuse(&mut send, &mut recv, Status::Busy).await;
+                        return;
+                    }
+                    _ => {
+                        tracing::debug!(service, peer = %entry.peer.short(), "no listener for service");
+                        refuse(&mut send, &mut recv, Status::UnknownService).await;
+                        return;
+                    }
+                };
+                if send.write_all(&[Status::Accepted as u8]).await.is_err() {
+                    return;
+                }
+                permit.send(Channel::new(send, recv, entry.peer, service, guard));
+            }
+        }
+    }
+
+    /// Opens a channel on an existing connection (header, then the peer's status).
+    async fn open_on(&self, entry: &ConnEntry, service: &str) -> Result<Channel, TransportError> {
+        let lost = |reason: String| TransportError::ConnectionLost {
+            node: entry.peer,
+            reason,
+        };
+        let (mut send, mut recv) = entry
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        send.write_all(&encode_header(service))
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        let mut status = [0u8; 1];
+        match tokio::time::timeout(self.config.header_timeout, recv.read_exact(&mut status)).await {
+            Err(_) => {
+                return Err(TransportError::Timeout {
+                    during: format!(
+                        "waiting for node {} to accept service {service:?}",
+                        entry.peer
+                    ),
+                    after: self.config.header_timeout,
+                })
+            }
+            Ok(Err(e)) => return Err(lost(e.to_string())),
+            Ok(Ok(_)) => {}
+        }
+        let node = entry.peer;
+        match Status::from_byte(status[0]) {
+            Some(Status::Accepted) => Ok(Channel::new(
+                send,
+                recv,
+                node,
+                service.to_owned(),
+                ChannelGuard::new(entry.channels.clone()),
+            )),
+            Some(Status::UnknownService) => Err(TransportError::UnknownService {
+                node,
+                service: service.to_owned(),
+            }),
+            Some(Status::Busy) => Err(TransportError::ServiceBusy {
+                node,
+                service: service.to_owned(),
+            }),
+            Some(Status::BadHeader) | None => Err(TransportError::Protocol {
+                node,
+                reason: format!("unexpected channel status byte {}", status[0]),
+            }),
+        }
+    }
+
+    /// A live connection to `node`, walking the path ladder if there is none.
+    async fn connection_to(self: &Arc<Self>, node: NodeId) -> Result<ConnEntry, TransportError> {
+        self.connection(node, true).await
+    }
+
+    /// Like [`Inner::connection_to`] but never through a relay and never reusing a
+    /// relayed connection: what a relay uses to reach a tunnel target.
+    async fn direct_connection_to(
+        self: &Arc<Self>,
+        node: NodeId,
+    ) -> Result<ConnEntry, TransportError> {
+        self.connection(node, false).await
+    }
+
+    async fn connection(
+        self: &Arc<Self>,
+        node: NodeId,
+        allow_relay: bool,
+    ) -> Result<ConnEntry, TransportError> {
+        if self.is_shut_down() {
+            return Err(TransportError::Shutdown);
+        }
+        if node == self.node_id {
+            return Err(TransportError::SelfDial { node });
+        }
+        let usable = |e: &ConnEntry| allow_relay || matches!(e.path, PathKind::Direct { .. });
+        if let Some(e) = self.live_entry(node).filter(usable) {
+            return Ok(e);
+        }
+        // One dial per peer at a time; concurrent opens share its result.
+        let lock = self.dial_lock(node);
+        let _dialing = lock.lock().await;
+        if let Some(e) = self.live_entry(node).filter(usable) {
+            return Ok(e);
+        }
+        let peer = self
+            .peer_info(node)
+            .ok_or(TransportError::UnknownPeer { node })?;
+        let ranker = self.ranker();
+        let mut attempts = Vec::new();
+        for candidate in ranker.rank_direct(&self.config.labels, &peer) {
+            let path = PathKind::Direct {
+                addr: candidate.addr,
+            };
+            match self.dial_direct(node, candidate.addr).await {
+                Ok(entry) => return Ok(entry),
+                Err(error) => {
+                    tracing::info!(peer = %node.short(), %path, %error, "direct path failed");
+                    attempts.push(PathAttempt { path, error });
+                }
+            }
+        }
+        if allow_relay {
+            let relays: Vec<(NodeId, PeerInfo)> = match self.book.read() {
+                Ok(book) => book
+                    .iter()
+                    .filter(|(id, info)| info.is_relay && **id != node && **id != self.node_id)
+                    .map(|(id, info)| (*id, info.clone()))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            for via in ranker.rank_relays(&self.config.labels, &relays) {
+                let path = PathKind::Relayed { via };
+                match self.dial_via_relay(node, via).await {
+                    Ok(entry) => return Ok(entry),
+                    Err(error) => {
+                        tracing::info!(peer = %node.short(), %path, %error, "relay path failed");
+                        attempts.push(PathAttempt { path, error });
+                    }
+                }
+            }
+        }
+        tracing::warn!(peer = %node.short(), attempts = attempts.len(), "no path to peer");
+        Err(TransportError::Unreachable { node, attempts })
+    }
+
+    /// Dials one endpoint, accepting only the key `node`.
+    async fn dial_direct(
+        self: &Arc<Self>,
+        node: NodeId,
+        addr: SocketAddr,
+    ) -> Result<ConnEntry, TransportError> {
+        let conn = self
+            .handshake(node, addr, addr.to_string(), self.direct_tc.clone())
+            .await?;
+        Ok(self.register(conn, node, PathKind::Direct { addr }, true))
+    }
+
+    /// Runs a client handshake to `addr` (real or virtual) expecting `node`.
+    async fn handshake(
+        &self,
+        node: NodeId,
+        addr: SocketAddr,
+        endpoint_desc: String,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<quinn::Connection, TransportError> {
+        let (crypto, mismatch) = tls::client_crypto(&self.tls, node)?;
+        let mut client = quinn::ClientConfig::new(crypto);
+        client.transport_config(transport);
+        let connecting = self
+            .endpoint
+            .connect_with(client, addr, SERVER_NAME)
+            .map_err(|e| TransportError::Connect {
+                endpoint: endpoint_desc.clone(),
+                reason: e.to_string(),
+            })?;
+        let result = tokio::time::timeout(self.config.connect_timeout, connecting).await;
+        let presented = mismatch.lock().ok().and_then(|mut s| s.take());
+        if let Some(presented) = presented {
+            tracing::warn!(
+                expected = %node, %presented, endpoint = %endpoint_desc,
+                "peer presented the wrong node identity"
+            );
+            return Err(TransportError::IdentityMismatch(IdentityMismatch {
+                expected: node,
+                presented,
+                endpoint: endpoint_desc,
+            }));
+        }
+        let conn = result
+            .map_err(|_| TransportError::Timeout {
+                during: format!("connecting to {endpoint_desc}"),
+                after: self.config.connect_timeout,
+            })?
+            .map_err(|e| TransportError::Connect {
+                endpoint: endpoint_desc.clone(),
+                reason: e.to_string(),
+            })?;
+        // The verifier already enforced this; checking again costs nothing and
+        // keeps the invariant local.
+        if tls::peer_node_id(&conn) != Some(node) {
+            conn.close(close_code::IDENTITY.into(), b"unexpected node identity");
+            return Err(TransportError::Connect {
+                endpoint: endpoint_desc,
+                reason: "peer identity could not be confirmed".into(),
+            });
+        }
+        Ok(conn)
+    }
+
+    /// Periodically tries to move relayed connections we opened back to a direct path.
+    async fn upgrade_loop(self: Arc<Self>, every: Duration) {
+        let mut shutdown = self.shutdown_signal();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let relayed: Vec<ConnEntry> = match self.conns.lock() {
+                Ok(c) => c
+                    .values()
+                    .filter(|e| {
+                        e.outbound && e.is_alive() && matches!(e.path, PathKind::Relayed { .. })
+                    })
+                    .cloned()
+                    .collect(),
+                Err(_) => return,
+            };
+            for old in relayed {
+                self.try_upgrade(old).await;
+            }
+        }
+    }
+
+    async fn try_upgrade(self: &Arc<Self>, old: ConnEntry) {
+        let Some(peer) = self.peer_info(old.peer) else {
+            return;
+        };
+        let lock = self.dial_lock(old.peer);
+        let _dialing = lock.lock().await;
+        // Someone may have replaced it while we waited.
+        match self.live_entry(old.peer) {
+            Some(current) if current.conn.stable_id() == old.conn.stable_id() => {}
+            _ => return,
+        }
+        for candidate in self.ranker().rank_direct(&self.config.labels, &peer) {
+            match self.dial_direct(old.peer, candidate.addr).await {
+                Ok(new) => {
+                    tracing::info!(
+                        peer = %old.peer.short(), from = %old.path, to = %new.path,
+                        "direct path is back; moving off the relay"
+                    );
+                    tokio::spawn(drain_and_close(old, self.config.drain_grace));
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(peer = %old.peer.short(), addr = %candidate.addr, %error, "direct path still down");
+                }
+            }
+        }
+    }
+}
+
+/// Lets channels on a replaced connection finish (up to `grace`), then closes it.
+async fn drain_and_close(old: ConnEntry, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while old.channels.get() > 0 && tokio::time::Instant::now() < deadline && old.is_alive() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    old.conn
+        .close(close_code::PATH_REPLACED.into(), b"path replaced");
+}
+
+/// Answers a stream we will not serve, then abandons it.
+async fn refuse(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, status: Status) {
+    let _ = send.write_all(&[status as u8]).await;
+    let _ = send.finish();
+    let _ = recv.stop(quinn::VarInt::from_u32(status as u32));
+}

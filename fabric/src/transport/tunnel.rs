@@ -1,0 +1,307 @@
+//! The three roles of a relayed connection: the initiator asking a relay for a
+//! tunnel, the relay splicing two connections, and the target accepting a tunnel.
+//! See [`crate::relay`] for the wire format and the security argument.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+
+use super::socket::TunnelRoute;
+use super::{close_code, ConnEntry, Inner, TransportError};
+use crate::channel::Channel;
+use crate::frame::{FrameError, Framed};
+use crate::path::PathKind;
+use crate::relay::{
+    OfferResponse, RelayRequest, RelayResponse, TunnelOffer, CONTROL_MAX_FRAME,
+    RELAY_ACCEPT_SERVICE, RELAY_SERVICE,
+};
+use crate::topology::NodeId;
+
+/// Resolves when the peer ends a control stream (EOF, reset or anything sent):
+/// the tunnel lives exactly as long as its control streams.
+async fn control_ended(ctrl: &mut Framed<Channel>) {
+    let mut buf = [0u8; 64];
+    let _ = ctrl.get_mut().read(&mut buf).await;
+}
+
+impl Inner {
+    fn control_error(&self, node: NodeId, during: &str, e: FrameError) -> TransportError {
+        TransportError::Protocol {
+            node,
+            reason: format!("{during}: {e}"),
+        }
+    }
+
+    /// Initiator side: asks `via` for a tunnel to `target` and runs an end-to-end
+    /// handshake with `target` through it.
+    pub(super) async fn dial_via_relay(
+        self: &Arc<Self>,
+        target: NodeId,
+        via: NodeId,
+    ) -> Result<ConnEntry, TransportError> {
+        // Boxed: reaching the relay goes back through the (direct-only) path ladder.
+        let relay = Box::pin(self.direct_connection_to(via)).await?;
+        let ch = self.open_on(&relay, RELAY_SERVICE).await?;
+        let mut ctrl = Framed::with_max_frame(ch, CONTROL_MAX_FRAME);
+        let response = tokio::time::timeout(
+            self.config.connect_timeout,
+            ctrl.request::<_, RelayResponse>(&RelayRequest::Connect { target }),
+        )
+        .await
+        .map_err(|_| TransportError::Timeout {
+            during: format!("asking relay {via} for a tunnel to {target}"),
+            after: self.config.connect_timeout,
+        })?
+        .map_err(|e| self.control_error(via, "relay request", e))?;
+        let tunnel = match response {
+            RelayResponse::Ok { tunnel } => tunnel,
+            RelayResponse::Refused { reason } => {
+                return Err(TransportError::RelayRefused {
+                    relay: via,
+                    target,
+                    reason,
+                })
+            }
+        };
+        let vaddr = self.socket.register_tunnel(TunnelRoute {
+            conn: relay.conn.clone(),
+            tunnel,
+            via,
+        });
+        let handshake = self
+            .handshake(
+                target,
+                vaddr,
+                format!("relay {via} (tunnel {tunnel})"),
+                self.tunnel_tc.clone(),
+            )
+            .await;
+        let conn = match handshake {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Dropping `ctrl` tells the relay to tear its side down.
+                self.socket.unregister_tunnel(&vaddr);
+                return Err(e);
+            }
+        };
+        let entry = self.register(conn, target, PathKind::Relayed { via }, true);
+        tokio::spawn(
+            self.clone()
+                .keep_initiator_tunnel(ctrl, entry.clone(), relay, vaddr),
+        );
+        Ok(entry)
+    }
+
+    /// Holds the tunnel open while the inner connection lives; closes the inner
+    /// connection at once when the relay goes away, so the next `open` re-plans
+    /// instead of waiting for an idle timeout.
+    async fn keep_initiator_tunnel(
+        self: Arc<Self>,
+        mut ctrl: Framed<Channel>,
+        inner_conn: ConnEntry,
+        relay: ConnEntry,
+        vaddr: SocketAddr,
+    ) {
+        let mut shutdown = self.shutdown_signal();
+        let why = tokio::select! {
+            _ = inner_conn.conn.closed() => "end-to-end connection closed",
+            _ = control_ended(&mut ctrl) => "relay ended the tunnel",
+            _ = relay.conn.closed() => "connection to the relay was lost",
+            _ = shutdown.changed() => "node shutting down",
+        };
+        if inner_conn.is_alive() {
+            inner_conn
+                .conn
+                .close(close_code::RELAY_LOST.into(), b"relay path lost");
+        }
+        self.forget(inner_conn.peer, inner_conn.conn.stable_id());
+        self.socket.unregister_tunnel(&vaddr);
+        tracing::info!(
+            peer = %inner_conn.peer.short(), via = %relay.peer.short(), reason = why,
+            "relayed tunnel closed"
+        );
+    }
+
+    /// Relay side: `from` asks us to reach a target.
+    pub(super) async fn serve_relay(self: Arc<Self>, from: ConnEntry, ch: Channel) {
+        let mut ctrl = Framed::with_max_frame(ch, CONTROL_MAX_FRAME);
+        let request =
+            match tokio::time::timeout(self.config.header_timeout, ctrl.recv::<RelayRequest>())
+                .await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %from.peer.short(), error = %e, "bad relay request");
+                    return;
+                }
+                Err(_) => return,
+            };
+        let RelayRequest::Connect { target } = request;
+        match self.splice(&from, target).await {
+            Ok((to, from_tunnel, offer, to_tunnel)) => {
+                if ctrl
+                    .send(&RelayResponse::Ok {
+                        tunnel: from_tunnel,
+                    })
+                    .await
+                    .is_err()
+                {
+                    self.forwards
+                        .remove_pair(&from.conn, from_tunnel, &to.conn, to_tunnel);
+                    return;
+                }
+                tracing::info!(
+                    from = %from.peer.short(), to = %target.short(), tunnels = self.forwards.tunnels(),
+                    "relaying a tunnel"
+                );
+                let mut offer = offer;
+                let mut shutdown = self.shutdown_signal();
+                let why = tokio::select! {
+                    _ = control_ended(&mut ctrl) => "initiator ended the tunnel",
+                    _ = control_ended(&mut offer) => "target ended the tunnel",
+                    _ = from.conn.closed() => "initiator connection lost",
+                    _ = to.conn.closed() => "target connection lost",
+                    _ = shutdown.changed() => "node shutting down",
+                };
+                self.forwards
+                    .remove_pair(&from.conn, from_tunnel, &to.conn, to_tunnel);
+                tracing::info!(from = %from.peer.short(), to = %target.short(), reason = why, "relay tunnel removed");
+            }
+            Err(reason) => {
+                tracing::info!(from = %from.peer.short(), to = %target.short(), %reason, "refusing relay request");
+                let _ = ctrl.send(&RelayResponse::Refused { reason }).await;
+            }
+        }
+    }
+
+    /// Sets up both halves of a tunnel; on success the forwarding entries exist.
+    async fn splice(
+        self: &Arc<Self>,
+        from: &ConnEntry,
+        target: NodeId,
+    ) -> Result<(ConnEntry, u64, Framed<Channel>, u64), String> {
+        if !self.config.relay {
+            return Err("this node does not have the relay role".into());
+        }
+        if matches!(from.path, PathKind::Relayed { .. }) {
+            // Chains of relays would hide loops and multiply MTU overhead.
+            return Err("requests arriving through another relay are not relayed again".into());
+        }
+        if target == self.node_id || target == from.peer {
+            return Err("a tunnel must join two other nodes".into());
+        }
+        if self.forwards.tunnels() >= self.config.max_tunnels {
+            return Err(format!(
+                "relay is at its limit of {} tunnels",
+                self.config.max_tunnels
+            ));
+        }
+        let to = self
+            .direct_connection_to(target)
+            .await
+            .map_err(|e| format!("relay cannot reach the target: {e}"))?;
+        let from_tunnel = self.forwards.next_id();
+        let to_tunnel = self.forwards.next_id();
+        let ch = self
+            .open_on(&to, RELAY_ACCEPT_SERVICE)
+            .await
+            .map_err(|e| format!("target did not take the tunnel offer: {e}"))?;
+        let mut offer = Framed::with_max_frame(ch, CONTROL_MAX_FRAME);
+        // Install forwarding before the target answers so its first packets are
+        // not lost; removed again if the offer fails.
+        self.forwards.insert_pair(
+            &from.conn,
+            from_tunnel,
+            from.peer,
+            &to.conn,
+            to_tunnel,
+            target,
+        );
+        let answer = tokio::time::timeout(
+            self.config.connect_timeout,
+            offer.request::<_, OfferResponse>(&TunnelOffer {
+                tunnel: to_tunnel,
+                from: from.peer,
+            }),
+        )
+        .await;
+        match answer {
+            Ok(Ok(OfferResponse::Accepted)) => Ok((to, from_tunnel, offer, to_tunnel)),
+            other => {
+                self.forwards
+                    .remove_pair(&from.conn, from_tunnel, &to.conn, to_tunnel);
+                Err(match other {
+                    Ok(Ok(OfferResponse::Refused { reason })) => {
+                        format!("target refused: {reason}")
+                    }
+                    Ok(Err(e)) => format!("tunnel offer failed: {e}"),
+                    Err(_) => "target did not answer the tunnel offer in time".into(),
+                    Ok(Ok(OfferResponse::Accepted)) => unreachable!("handled above"),
+                })
+            }
+        }
+    }
+
+    /// Target side: a relay offers us a tunnel from some node. We only install a
+    /// route; the initiator's identity is proven by the inner handshake.
+    pub(super) async fn serve_offer(self: Arc<Self>, relay: ConnEntry, ch: Channel) {
+        let mut ctrl = Framed::with_max_frame(ch, CONTROL_MAX_FRAME);
+        let offer = match tokio::time::timeout(
+            self.config.header_timeout,
+            ctrl.recv::<TunnelOffer>(),
+        )
+        .await
+        {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                tracing::debug!(relay = %relay.peer.short(), error = %e, "bad tunnel offer");
+                return;
+            }
+            Err(_) => return,
+        };
+        if matches!(relay.path, PathKind::Relayed { .. })
+            || self.socket.tunnel_count() >= self.config.max_tunnels
+        {
+            let _ = ctrl
+                .send(&OfferResponse::Refused {
+                    reason: "tunnel limit reached or offer arrived through a relay".into(),
+                })
+                .await;
+            return;
+        }
+        let vaddr = self.socket.register_tunnel(TunnelRoute {
+            conn: relay.conn.clone(),
+            tunnel: offer.tunnel,
+            via: relay.peer,
+        });
+        if ctrl.send(&OfferResponse::Accepted).await.is_err() {
+            self.socket.unregister_tunnel(&vaddr);
+            return;
+        }
+        tracing::debug!(relay = %relay.peer.short(), claimed_from = %offer.from.short(), "accepted tunnel offer");
+        let mut shutdown = self.shutdown_signal();
+        let why = tokio::select! {
+            _ = control_ended(&mut ctrl) => "relay ended the tunnel",
+            _ = relay.conn.closed() => "connection to the relay was lost",
+            _ = shutdown.changed() => "node shutting down",
+        };
+        self.socket.unregister_tunnel(&vaddr);
+        // Close the end-to-end connection that rode this tunnel now rather than
+        // after an idle timeout.
+        let stale: Vec<ConnEntry> = match self.conns.lock() {
+            Ok(c) => c
+                .values()
+                .filter(|e| e.conn.remote_address() == vaddr)
+                .cloned()
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for e in stale {
+            e.conn
+                .close(close_code::RELAY_LOST.into(), b"relay path lost");
+            self.forget(e.peer, e.conn.stable_id());
+        }
+        tracing::info!(relay = %relay.peer.short(), reason = why, "tunnel to this node closed");
+    }
+}
