@@ -111,12 +111,20 @@ impl TrustAnchor {
                     reason: format!("{:?} is not 64 hex digits", k.public_key),
                 }
             })?;
-            ed25519_dalek::VerifyingKey::from_bytes(&pk).map_err(|_| {
+            let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk).map_err(|_| {
                 TrustRootError::PublicKey {
                     index,
                     reason: "not a valid ed25519 point".into(),
                 }
             })?;
+            // Small-order keys verify forged signatures; batch verification
+            // would not catch them, so they never enter a trust root.
+            if vk.is_weak() {
+                return Err(TrustRootError::PublicKey {
+                    index,
+                    reason: "a weak (small-order) ed25519 key".into(),
+                });
+            }
             if by_id.insert(&k.id, pk).is_some() {
                 return Err(TrustRootError::DuplicateId {
                     index,

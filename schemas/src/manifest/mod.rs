@@ -389,10 +389,18 @@ fn head_of(v: &serde_json::Value) -> Head {
     }
 }
 
+/// Drops the location suffix and the YAML path prefix serde_norway adds; we
+/// report both ourselves, more precisely.
 fn strip_location(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_owned(),
-        None => msg.to_owned(),
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    match msg.split_once(": ") {
+        Some((prefix, rest)) if !prefix.is_empty() && !prefix.contains(char::is_whitespace) => {
+            rest.to_owned()
+        }
+        _ => msg.to_owned(),
     }
 }
 
