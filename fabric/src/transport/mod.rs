@@ -283,6 +283,16 @@ impl Transport {
         conns.get(&node).filter(|e| e.is_alive()).map(|e| e.path)
     }
 
+    /// QUIC statistics of the live connection to `node` (RTT, MTU, losses), for
+    /// metrics.
+    pub fn connection_stats(&self, node: NodeId) -> Option<quinn::ConnectionStats> {
+        let conns = self.inner.conns.lock().ok()?;
+        conns
+            .get(&node)
+            .filter(|e| e.is_alive())
+            .map(|e| e.conn.stats())
+    }
+
     /// Tunnels this node currently relays for others.
     pub fn relayed_tunnels(&self) -> usize {
         self.inner.forwards.tunnels()
