@@ -1,5 +1,25 @@
 //! The per-node runtime.
 //!
-//! It will join the fabric, keep the distributed directory, heartbeat to the
-//! Control API and run the updater plane (hints, `update-trigger.json`, the
-//! durable update journal and its states).
+//! A node-agent joins the fabric with its own key, keeps the full directory of
+//! the fleet from signed records it gets from peers (bounded push-pull gossip),
+//! persists it in a crash-safe peer cache, probes the providers of the core
+//! services and reports its registry status (`missing`, `candidate_only`,
+//! `active`).
+//!
+//! - [`agent`]: the runtime ([`agent::start`]).
+//! - [`admission`]: gossip admission backed by `fabric_schemas::accept`.
+//! - [`directory`]: the fleet view derived from admitted records.
+//! - [`registry`]: registry runtime status and `resolve(service)` (pure).
+//! - [`cache`]: the persisted peer cache.
+//! - [`status`]: the node's status report.
+//! - [`fleet`]: a whole fleet on loopback (`fabricctl up`, tests).
+
+pub mod admission;
+pub mod agent;
+pub mod cache;
+pub mod directory;
+pub mod fleet;
+pub mod registry;
+pub mod status;
+
+pub use agent::{start, AgentConfig, AgentHandle};

@@ -1,0 +1,680 @@
+//! The node-agent runtime: binds the node's transport, runs the gossip core
+//! over fabric channels, probes core-service providers, keeps the persisted
+//! peer cache and publishes its status.
+//!
+//! One task owns the gossip state; listeners and senders talk to it through
+//! channels, so the sans-IO core needs no locks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fabric::edge::EdgeInventory;
+use fabric::frame::{read_frame, write_frame};
+use fabric::gossip::{self, Gossip, GossipConfig, RecordKey, Snapshot};
+use fabric::identity::NodeIdentity;
+use fabric::path::PeerInfo;
+use fabric::topology::{EndpointCandidate, EndpointScope, NodeId, TopologyLabels};
+use fabric::transport::{Transport, TransportConfig};
+use fabric_schemas::kinds::CORE_SERVICES;
+use fabric_schemas::{Envelope as SignedEnvelope, TrustAnchor};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::admission::RecordAdmission;
+use crate::cache::{self, CacheContent, Loaded, Observation};
+use crate::directory::Directory;
+use crate::registry::{self, ProbeResult, ProbeState, RegistryReport};
+use crate::status::NodeStatus;
+
+pub const GOSSIP_SERVICE: &str = "gossip";
+pub const PROBE_SERVICE: &str = "probe";
+const PROBE_MAX_FRAME: usize = 1024;
+
+/// Everything a node-agent needs to start.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The node's name (its `FabricNode` metadata.name).
+    pub name: String,
+    /// Key, peer cache and status live here.
+    pub state_dir: PathBuf,
+    /// The node's one UDP socket.
+    pub listen: SocketAddr,
+    pub labels: TopologyLabels,
+    pub relay: bool,
+    pub trust: TrustAnchor,
+    /// Peers to contact before the directory knows anyone.
+    pub bootstrap: Vec<(NodeId, SocketAddr)>,
+    /// Signed envelopes to admit at start (how a first node is seeded).
+    pub seed_records: Vec<Vec<u8>>,
+    pub gossip: GossipConfig,
+    /// How often each core-service provider is probed.
+    pub probe_interval: Duration,
+    /// Transport timers; `None` uses production defaults.
+    pub transport: Option<TransportConfig>,
+}
+
+impl AgentConfig {
+    pub fn new(name: &str, state_dir: PathBuf, listen: SocketAddr, trust: TrustAnchor) -> Self {
+        AgentConfig {
+            name: name.to_owned(),
+            state_dir,
+            listen,
+            labels: TopologyLabels::default(),
+            relay: false,
+            trust,
+            bootstrap: Vec::new(),
+            seed_records: Vec::new(),
+            gossip: GossipConfig::default(),
+            probe_interval: Duration::from_secs(5),
+            transport: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("creating state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("node identity: {0}")]
+    Identity(#[from] fabric::identity::IdentityError),
+    #[error("transport: {0}")]
+    Transport(#[from] fabric::transport::TransportError),
+}
+
+enum Event {
+    Gossip(NodeId, Vec<u8>),
+    Inject(Vec<u8>, tokio::sync::oneshot::Sender<Result<bool, String>>),
+    Probe(ProbeResult),
+    Sent { to: NodeId, ok: bool },
+}
+
+/// A running node-agent.
+pub struct AgentHandle {
+    node_id: NodeId,
+    local_addr: SocketAddr,
+    status: watch::Receiver<NodeStatus>,
+    events: mpsc::Sender<Event>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    transport: Transport,
+}
+
+impl AgentHandle {
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn status_watch(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Admits a signed envelope at this node (as the control plane would hand
+    /// it one). `Ok(true)` if it was new.
+    pub async fn inject(&self, envelope: Vec<u8>) -> Result<bool, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.events
+            .send(Event::Inject(envelope, tx))
+            .await
+            .map_err(|_| "agent stopped".to_owned())?;
+        rx.await.map_err(|_| "agent stopped".to_owned())?
+    }
+
+    /// Stops the agent, saving its peer cache first.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+        self.transport.shutdown().await;
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts a node-agent on the current tokio runtime.
+pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| AgentError::StateDir {
+        path: cfg.state_dir.display().to_string(),
+        source,
+    })?;
+    let identity = NodeIdentity::load_or_create(&cfg.state_dir.join("node.key"))?;
+    let node_id = identity.node_id();
+    let mut tc = cfg
+        .transport
+        .clone()
+        .unwrap_or_else(|| TransportConfig::new(cfg.listen));
+    tc.bind = cfg.listen;
+    tc.labels = cfg.labels.clone();
+    tc.relay = cfg.relay;
+    let transport = Transport::bind(&identity, tc).await?;
+    let local_addr = transport
+        .local_addr()
+        .map_err(|source| AgentError::StateDir {
+            path: "local address".into(),
+            source,
+        })?;
+
+    let now = now_ms();
+    let mut admission = RecordAdmission::new(cfg.trust.clone());
+    let cache_path = cache::path_in(&cfg.state_dir);
+    let (restored, observations, cache_state) = match cache::load(&cache_path, now) {
+        Loaded::Fresh => (Vec::new(), BTreeMap::new(), "fresh".to_owned()),
+        Loaded::Restored(c) => {
+            let mut envs = Vec::new();
+            for hex_bytes in &c.records {
+                let Ok(bytes) = hex::decode(hex_bytes) else {
+                    continue;
+                };
+                // Re-admit: the trust root may have changed and records may have expired.
+                if let Ok(adm) = admission.check(&bytes, None, now) {
+                    envs.push(gossip::Envelope::new(adm.key, adm.generation, bytes));
+                }
+            }
+            tracing::info!(node = %cfg.name, records = envs.len(), of = c.records.len(), "restored directory from peer cache");
+            let state = format!("restored {} records", envs.len());
+            (envs, c.observations, state)
+        }
+        Loaded::SetAside { reason, moved_to } => {
+            tracing::warn!(
+                node = %cfg.name, %reason, moved_to = %moved_to.display(),
+                "peer cache was corrupt; moved it aside and rebuilding the directory from peers"
+            );
+            (
+                Vec::new(),
+                BTreeMap::new(),
+                format!("corrupt ({reason}); rebuilt from peers"),
+            )
+        }
+    };
+    let seed = u64::from_le_bytes(node_id.0[..8].try_into().unwrap_or([0; 8]));
+    let mut core = Gossip::with_snapshot(
+        node_id,
+        cfg.gossip.clone(),
+        seed,
+        admission,
+        Arc::new(Snapshot::from_envelopes(restored)),
+    );
+    for bytes in &cfg.seed_records {
+        if let Err(e) = insert_signed(&mut core, bytes.clone(), now) {
+            tracing::warn!(node = %cfg.name, error = %e, "seed record refused");
+        }
+    }
+
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let initial = NodeStatus::initial(&cfg.name, node_id, local_addr, &cfg.labels, &cache_state);
+    let (status_tx, status_rx) = watch::channel(initial);
+
+    spawn_gossip_listener(&transport, events_tx.clone(), shutdown_rx.clone())?;
+    spawn_probe_responder(&transport, cfg.name.clone(), shutdown_rx.clone())?;
+
+    let runner = Runner {
+        cfg,
+        node_id,
+        local_addr,
+        transport: transport.clone(),
+        core,
+        dir: Directory::default(),
+        probes: observations
+            .iter()
+            .filter_map(|(name, o)| {
+                let at = o.last_ok_probe_ms?;
+                Some((
+                    name.clone(),
+                    ProbeState {
+                        last: None,
+                        last_ok_ms: Some(at),
+                        rtt_ms: o.rtt_ms,
+                    },
+                ))
+            })
+            .collect(),
+        last_probe: None,
+        observations,
+        cache_path,
+        cache_state,
+        dirty: true,
+        events: events_tx.clone(),
+        status: status_tx,
+        edges: EdgeInventory::new(),
+        last_probe_round: BTreeMap::new(),
+    };
+    let task = tokio::spawn(runner.run(events_rx, shutdown_rx));
+    Ok(AgentHandle {
+        node_id,
+        local_addr,
+        status: status_rx,
+        events: events_tx,
+        shutdown: shutdown_tx,
+        task,
+        transport,
+    })
+}
+
+fn insert_signed(
+    core: &mut Gossip<RecordAdmission>,
+    bytes: Vec<u8>,
+    now: u64,
+) -> Result<bool, String> {
+    let signed = SignedEnvelope::decode(&bytes).map_err(|e| e.to_string())?;
+    let key = RecordKey::new(signed.record.kind.code(), signed.record.name.clone());
+    let env = gossip::Envelope::new(key, signed.record.generation, bytes);
+    core.insert_local(env, now).map_err(|r| r.to_string())
+}
+
+fn spawn_gossip_listener(
+    transport: &Transport,
+    events: mpsc::Sender<Event>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let mut listener = transport.listen(GOSSIP_SERVICE)?;
+    tokio::spawn(async move {
+        loop {
+            let ch = tokio::select! {
+                ch = listener.accept() => ch,
+                _ = shutdown.changed() => return,
+            };
+            let Some(mut ch) = ch else { return };
+            let events = events.clone();
+            tokio::spawn(async move {
+                let peer = ch.peer();
+                let read = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    read_frame(&mut ch, gossip::wire::MAX_MESSAGE_BYTES),
+                )
+                .await;
+                match read {
+                    Ok(Ok(payload)) => {
+                        let _ = events.send(Event::Gossip(peer, payload)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %peer.short(), error = %e, "bad gossip frame")
+                    }
+                    Err(_) => tracing::debug!(peer = %peer.short(), "gossip frame timed out"),
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+fn spawn_probe_responder(
+    transport: &Transport,
+    name: String,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let mut listener = transport.listen(PROBE_SERVICE)?;
+    tokio::spawn(async move {
+        loop {
+            let ch = tokio::select! {
+                ch = listener.accept() => ch,
+                _ = shutdown.changed() => return,
+            };
+            let Some(mut ch) = ch else { return };
+            let name = name.clone();
+            tokio::spawn(async move {
+                let fut = async {
+                    let _ping = read_frame(&mut ch, PROBE_MAX_FRAME).await?;
+                    write_frame(&mut ch, name.as_bytes(), PROBE_MAX_FRAME).await?;
+                    let _ = ch.shutdown().await;
+                    Ok::<_, fabric::frame::FrameError>(())
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), fut).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+struct Runner {
+    cfg: AgentConfig,
+    node_id: NodeId,
+    local_addr: SocketAddr,
+    transport: Transport,
+    core: Gossip<RecordAdmission>,
+    dir: Directory,
+    probes: BTreeMap<String, ProbeState>,
+    last_probe: Option<ProbeResult>,
+    observations: BTreeMap<String, Observation>,
+    cache_path: PathBuf,
+    cache_state: String,
+    dirty: bool,
+    events: mpsc::Sender<Event>,
+    status: watch::Sender<NodeStatus>,
+    edges: EdgeInventory,
+    last_probe_round: BTreeMap<String, Instant>,
+}
+
+impl Runner {
+    async fn run(mut self, mut events: mpsc::Receiver<Event>, mut shutdown: watch::Receiver<bool>) {
+        let mut round =
+            tokio::time::interval(Duration::from_millis(self.cfg.gossip.round_ms.max(50)));
+        round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_save = Instant::now();
+        self.refresh_directory();
+        loop {
+            tokio::select! {
+                _ = round.tick() => {
+                    let now = now_ms();
+                    self.refresh_directory();
+                    let peers = self.gossip_peers();
+                    let out = self.core.tick(now, &peers);
+                    self.send_all(out);
+                    self.probe_core_services();
+                    self.publish_status(now);
+                    if self.dirty && last_save.elapsed() >= Duration::from_secs(1) {
+                        self.save_cache(now);
+                        last_save = Instant::now();
+                    }
+                }
+                ev = events.recv() => {
+                    let Some(ev) = ev else { break };
+                    self.on_event(ev);
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.save_cache(now_ms());
+        tracing::info!(node = %self.cfg.name, "node-agent stopped");
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let now = now_ms();
+        match ev {
+            Event::Gossip(from, payload) => {
+                self.seen(from, now);
+                let out = self.core.handle_datagram(from, &payload, now);
+                if !out.accepted.is_empty() {
+                    self.dirty = true;
+                    self.refresh_directory();
+                }
+                self.send_all(out.outgoing);
+            }
+            Event::Inject(bytes, reply) => {
+                let r = insert_signed(&mut self.core, bytes, now);
+                if matches!(r, Ok(true)) {
+                    self.dirty = true;
+                    self.refresh_directory();
+                }
+                let _ = reply.send(r);
+            }
+            Event::Probe(p) => {
+                if p.ok {
+                    let id = self.dir.nodes.get(&p.target).map(|n| n.node_id);
+                    if let Some(id) = id {
+                        self.seen(id, p.at_ms);
+                    }
+                    self.last_probe = Some(p.clone());
+                } else if self.last_probe.is_none() {
+                    self.last_probe = Some(p.clone());
+                }
+                if p.ok {
+                    self.observations
+                        .entry(p.target.clone())
+                        .or_default()
+                        .last_ok_probe_ms = Some(p.at_ms);
+                    self.dirty = true;
+                }
+                self.probes.entry(p.target.clone()).or_default().record(p);
+            }
+            Event::Sent { to, ok } => {
+                if let Some(name) = self.dir.node_by_id(&to).map(|n| n.name.clone()) {
+                    let o = self.observations.entry(name).or_default();
+                    if ok {
+                        o.last_seen_ms = Some(now);
+                    }
+                    o.path = self.transport.path_to(to);
+                    o.rtt_ms = self
+                        .transport
+                        .connection_stats(to)
+                        .map(|s| s.path.rtt.as_millis() as u64);
+                }
+            }
+        }
+    }
+
+    fn seen(&mut self, id: NodeId, at_ms: u64) {
+        if let Some(name) = self.dir.node_by_id(&id).map(|n| n.name.clone()) {
+            let o = self.observations.entry(name).or_default();
+            o.last_seen_ms = Some(at_ms);
+            o.path = self.transport.path_to(id);
+        }
+    }
+
+    fn refresh_directory(&mut self) {
+        let dir = Directory::from_envelopes(&self.core.envelopes(), (now_ms() / 1000) as i64);
+        if dir == self.dir {
+            return;
+        }
+        for n in dir.nodes.values() {
+            if n.node_id != self.node_id {
+                self.transport.set_peer(n.node_id, n.peer_info());
+            }
+        }
+        for (id, addr) in &self.cfg.bootstrap {
+            if dir.node_by_id(id).is_none() {
+                self.transport.set_peer(*id, bootstrap_info(*addr));
+            }
+        }
+        self.dir = dir;
+    }
+
+    fn gossip_peers(&mut self) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> = self
+            .dir
+            .nodes
+            .values()
+            .map(|n| n.node_id)
+            .filter(|id| *id != self.node_id)
+            .collect();
+        for (id, addr) in &self.cfg.bootstrap {
+            if !peers.contains(id) && *id != self.node_id {
+                self.transport.set_peer(*id, bootstrap_info(*addr));
+                peers.push(*id);
+            }
+        }
+        peers
+    }
+
+    fn send_all(&self, out: Vec<gossip::Outgoing>) {
+        for o in out {
+            let transport = self.transport.clone();
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                let fut = async {
+                    let mut ch = transport
+                        .open(o.to, GOSSIP_SERVICE)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    write_frame(&mut ch, &o.payload, gossip::wire::MAX_MESSAGE_BYTES)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    ch.shutdown().await.map_err(|e| e.to_string())
+                };
+                let ok = match tokio::time::timeout(Duration::from_secs(10), fut).await {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        tracing::debug!(to = %o.to.short(), error = %e, "gossip send failed");
+                        false
+                    }
+                    Err(_) => false,
+                };
+                let _ = events.send(Event::Sent { to: o.to, ok }).await;
+            });
+        }
+    }
+
+    fn probe_core_services(&mut self) {
+        let mut targets = Vec::new();
+        for s in CORE_SERVICES {
+            if let Some(entry) = self.dir.services.get(s) {
+                for p in &entry.spec.providers {
+                    if !targets.contains(p) {
+                        targets.push(p.clone());
+                    }
+                }
+            }
+        }
+        for target in targets {
+            let due = self
+                .last_probe_round
+                .get(&target)
+                .is_none_or(|t| t.elapsed() >= self.cfg.probe_interval);
+            if !due {
+                continue;
+            }
+            let Some(node) = self.dir.nodes.get(&target) else {
+                continue;
+            };
+            self.last_probe_round.insert(target.clone(), Instant::now());
+            if node.node_id == self.node_id {
+                // We are the provider; answering ourselves is the live proof.
+                let _ = self.events.try_send(Event::Probe(ProbeResult {
+                    target,
+                    at_ms: now_ms(),
+                    ok: true,
+                    rtt_ms: Some(0),
+                    error: None,
+                }));
+                continue;
+            }
+            let id = node.node_id;
+            let transport = self.transport.clone();
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let fut = async {
+                    let mut ch = transport
+                        .open(id, PROBE_SERVICE)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    write_frame(&mut ch, b"ping", PROBE_MAX_FRAME)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let answer = read_frame(&mut ch, PROBE_MAX_FRAME)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if answer != target.as_bytes() {
+                        return Err(format!(
+                            "answered as {:?}, expected {target:?}",
+                            String::from_utf8_lossy(&answer)
+                        ));
+                    }
+                    Ok(())
+                };
+                let r = tokio::time::timeout(Duration::from_secs(5), fut)
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".into()));
+                let result = ProbeResult {
+                    target: target.clone(),
+                    at_ms: now_ms(),
+                    ok: r.is_ok(),
+                    rtt_ms: r.is_ok().then(|| started.elapsed().as_millis() as u64),
+                    error: r.err(),
+                };
+                let _ = events.send(Event::Probe(result)).await;
+            });
+        }
+    }
+
+    fn registry(&self, now: u64) -> RegistryReport {
+        registry::report(&self.dir, &self.probes, self.last_probe.as_ref(), now)
+    }
+
+    fn publish_status(&mut self, now: u64) {
+        let stats = self.core.stats();
+        let mut gossip_rejections = BTreeMap::new();
+        for r in gossip::RejectReason::ALL {
+            let n = stats.rejected(r);
+            if n > 0 {
+                gossip_rejections.insert(r.label().to_owned(), n);
+            }
+        }
+        let status = NodeStatus {
+            name: self.cfg.name.clone(),
+            node_id: self.node_id.to_string(),
+            listen: self.local_addr.to_string(),
+            area: self.cfg.labels.area.clone(),
+            site_id: self.cfg.labels.site_id.clone(),
+            nat_group: self.cfg.labels.nat_group.clone(),
+            directory_records: self.dir.records,
+            directory_nodes: self.dir.nodes.len(),
+            directory_services: self.dir.services.len(),
+            registry: self.registry(now),
+            rejections: self
+                .core
+                .admission()
+                .rejections()
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            gossip_rejections,
+            gossip_accepted: stats.accepted,
+            peer_cache: self.cache_state.clone(),
+            observations: self.observations.clone(),
+            edge_listeners: self.edges.entries(),
+            updated_ms: now,
+        };
+        let _ = crate::status::write(&self.cfg.state_dir, &status);
+        let _ = self.status.send(status);
+    }
+
+    fn save_cache(&mut self, now: u64) {
+        let now_s = (now / 1000) as i64;
+        let records = self
+            .core
+            .envelopes()
+            .into_iter()
+            .filter(|e| {
+                // Expired records are swept rather than carried across a restart.
+                SignedEnvelope::decode(&e.bytes).is_ok_and(|s| s.record.expires_at > now_s)
+            })
+            .map(|e| hex::encode(&e.bytes))
+            .collect();
+        let content = CacheContent {
+            records,
+            observations: self.observations.clone(),
+        };
+        match cache::save(&self.cache_path, &content) {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                tracing::warn!(node = %self.cfg.name, error = %e, "peer cache not saved; will retry")
+            }
+        }
+    }
+}
+
+fn bootstrap_info(addr: SocketAddr) -> PeerInfo {
+    PeerInfo {
+        candidates: vec![EndpointCandidate {
+            addr,
+            scope: EndpointScope::Public,
+            locality_group: None,
+            nat_group: None,
+        }],
+        labels: TopologyLabels::default(),
+        is_relay: false,
+    }
+}

@@ -1,0 +1,146 @@
+//! `fabric-node-agent`: one node of a Fabric fleet.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use fabric::gossip::GossipConfig;
+use fabric::topology::{NodeId, TopologyLabels};
+use fabric_node_agent::{start, AgentConfig};
+use fabric_schemas::kinds::Spec;
+use fabric_schemas::manifest::load_path;
+use fabric_schemas::TrustAnchor;
+
+/// Join the fabric, keep the signed directory, probe the core services.
+///
+/// State (node key, peer cache, status.json) lives in --state-dir; a restart
+/// comes back from the peer cache without contacting the control plane.
+#[derive(Parser)]
+#[command(name = "fabric-node-agent", version, about)]
+struct Args {
+    /// The node's name (its FabricNode metadata.name).
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// UDP address of the node's QUIC socket.
+    #[arg(long, default_value = "0.0.0.0:7100")]
+    listen: SocketAddr,
+    /// TrustRoot manifest (from `fabricctl keys init`).
+    #[arg(long)]
+    trust_root: PathBuf,
+    /// A peer to start from before the directory knows anyone: NODE_ID@IP:PORT.
+    #[arg(long = "bootstrap")]
+    bootstrap: Vec<String>,
+    /// Folder of signed envelopes (*.fabenv) to admit at start.
+    #[arg(long)]
+    seed_dir: Option<PathBuf>,
+    #[arg(long, default_value = "")]
+    area: String,
+    #[arg(long, default_value = "")]
+    site_id: String,
+    #[arg(long, default_value = "")]
+    locality_group: String,
+    #[arg(long, default_value = "")]
+    nat_group: String,
+    /// Forward relay tunnels for other nodes.
+    #[arg(long)]
+    relay: bool,
+    /// Gossip round length in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    round_ms: u64,
+    /// Core-service probe interval in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    probe_ms: u64,
+}
+
+fn parse_bootstrap(s: &str) -> anyhow::Result<(NodeId, SocketAddr)> {
+    let (id, addr) = s
+        .split_once('@')
+        .with_context(|| format!("--bootstrap {s:?}: expected NODE_ID@IP:PORT"))?;
+    Ok((
+        id.parse().with_context(|| format!("--bootstrap {s:?}"))?,
+        addr.parse()
+            .with_context(|| format!("--bootstrap {s:?}: bad address"))?,
+    ))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FABRIC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let report = load_path(&args.trust_root);
+    if let Some(e) = report.errors.first() {
+        bail!("trust root: {e}");
+    }
+    let spec = report
+        .objects
+        .iter()
+        .find_map(|o| match &o.spec {
+            Spec::TrustRoot(s) => Some(s.clone()),
+            _ => None,
+        })
+        .with_context(|| format!("{} holds no TrustRoot", args.trust_root.display()))?;
+    let trust = TrustAnchor::from_spec(&spec).context("trust root")?;
+    let mut cfg = AgentConfig::new(&args.name, args.state_dir.clone(), args.listen, trust);
+    cfg.labels = TopologyLabels {
+        area: args.area,
+        site_id: args.site_id,
+        locality_group: args.locality_group,
+        nat_group: args.nat_group,
+    };
+    cfg.relay = args.relay;
+    cfg.bootstrap = args
+        .bootstrap
+        .iter()
+        .map(|s| parse_bootstrap(s))
+        .collect::<anyhow::Result<_>>()?;
+    cfg.gossip = GossipConfig {
+        round_ms: args.round_ms.max(50),
+        ..GossipConfig::default()
+    };
+    cfg.probe_interval = Duration::from_millis(args.probe_ms.max(100));
+    if let Some(dir) = &args.seed_dir {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "fabenv"))
+            .collect();
+        files.sort();
+        for f in files {
+            cfg.seed_records
+                .push(std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?);
+        }
+    }
+    let handle = start(cfg).await?;
+    tracing::info!(name = %args.name, node_id = %handle.node_id(), addr = %handle.local_addr(), "node-agent running");
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; }
+        _ = terminate() => {}
+    }
+    tracing::info!("shutting down");
+    handle.stop().await;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate() {
+    std::future::pending().await
+}

@@ -1,0 +1,382 @@
+//! A whole fleet on one machine: every node a node-agent with its own key,
+//! UDP port on loopback, peer cache and state folder; a fresh trust root; the
+//! signed records seeded into one node only. Used by `fabricctl up` and by the
+//! multi-node tests.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use fabric::gossip::GossipConfig;
+use fabric::identity::NodeIdentity;
+use fabric::topology::NodeId;
+use fabric::transport::TransportConfig;
+use fabric_schemas::keys::{generate_trust_root, write_atomic, write_private_key, TrustRootPlan};
+use fabric_schemas::kinds::{EndpointScopeSpec, EndpointSpec, FabricNodeSpec, NodeRole, Spec};
+use fabric_schemas::manifest::Object;
+use fabric_schemas::time::now_unix;
+use fabric_schemas::trust::Role;
+use fabric_schemas::{Envelope, Record, Scope, TrustAnchor};
+
+use crate::agent::{self, AgentConfig, AgentHandle};
+use crate::directory::labels_of;
+use crate::status::NodeStatus;
+
+#[derive(Clone, Debug)]
+pub struct FleetOptions {
+    pub state_dir: PathBuf,
+    pub host: IpAddr,
+    pub round: Duration,
+    pub probe_interval: Duration,
+    /// Lifetime of the signed records.
+    pub record_ttl: Duration,
+}
+
+impl FleetOptions {
+    pub fn new(state_dir: PathBuf) -> Self {
+        FleetOptions {
+            state_dir,
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            round: Duration::from_millis(250),
+            probe_interval: Duration::from_secs(1),
+            record_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("the manifests hold no FabricNode")]
+    NoNodes,
+    #[error("node {0:?} is not part of this fleet")]
+    UnknownNode(String),
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Agent(#[from] agent::AgentError),
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> FleetError + '_ {
+    move |e| FleetError::Setup(format!("{what}: {e}"))
+}
+
+/// One member of the local fleet.
+pub struct Member {
+    pub name: String,
+    pub spec: FabricNodeSpec,
+    pub node_id: NodeId,
+    pub state_dir: PathBuf,
+    pub addr: SocketAddr,
+    pub handle: Option<AgentHandle>,
+}
+
+pub struct LocalFleet {
+    pub members: Vec<Member>,
+    pub trust: TrustAnchor,
+    pub trust_dir: PathBuf,
+    control: SigningKey,
+    opts: FleetOptions,
+    /// Every record signed for the fleet, as seeded into the first node.
+    pub records: Vec<Vec<u8>>,
+    seed: (NodeId, SocketAddr),
+}
+
+impl LocalFleet {
+    /// Starts every `FabricNode` of `objects` and seeds all signed records
+    /// (nodes with their live loopback endpoint, services, policies, intents)
+    /// into the first node.
+    pub async fn start(objects: &[Object], opts: FleetOptions) -> Result<LocalFleet, FleetError> {
+        let nodes: Vec<(String, FabricNodeSpec)> = objects
+            .iter()
+            .filter_map(|o| match &o.spec {
+                Spec::FabricNode(n) => Some((o.name().to_owned(), n.clone())),
+                _ => None,
+            })
+            .collect();
+        if nodes.is_empty() {
+            return Err(FleetError::NoNodes);
+        }
+        std::fs::create_dir_all(&opts.state_dir).map_err(setup("state folder"))?;
+        let trust_dir = opts.state_dir.join("trust");
+        std::fs::create_dir_all(trust_dir.join("keys")).map_err(setup("trust folder"))?;
+        let expires = now_unix() + 30 * 86_400;
+        let (trust_spec, keys) = generate_trust_root(&TrustRootPlan::single_keys(expires));
+        for k in &keys {
+            write_private_key(&trust_dir.join(format!("keys/{}.pem", k.id)), &k.key)
+                .map_err(setup("writing key"))?;
+        }
+        let manifest = serde_json::json!({
+            "apiVersion": fabric_schemas::kinds::API_VERSION,
+            "kind": "TrustRoot",
+            "metadata": {"name": "fleet"},
+            "spec": trust_spec,
+        });
+        let yaml = serde_norway::to_string(&manifest).map_err(setup("trust root"))?;
+        write_atomic(&trust_dir.join("trust-root.yaml"), yaml.as_bytes(), 0o644)
+            .map_err(setup("trust root"))?;
+        let trust = TrustAnchor::from_spec(&trust_spec).map_err(setup("trust root"))?;
+        let control = keys
+            .iter()
+            .find(|k| k.role == Role::Control)
+            .map(|k| k.key.clone())
+            .ok_or_else(|| FleetError::Setup("no control key generated".into()))?;
+
+        let mut members = Vec::new();
+        for (name, spec) in nodes {
+            let state_dir = opts.state_dir.join("nodes").join(&name);
+            std::fs::create_dir_all(&state_dir).map_err(setup("node folder"))?;
+            let id = NodeIdentity::load_or_create(&state_dir.join("node.key"))
+                .map_err(setup("node key"))?
+                .node_id();
+            members.push(Member {
+                name,
+                spec,
+                node_id: id,
+                state_dir,
+                addr: SocketAddr::new(opts.host, 0),
+                handle: None,
+            });
+        }
+        let mut fleet = LocalFleet {
+            members,
+            trust,
+            trust_dir,
+            control,
+            opts,
+            records: Vec::new(),
+            seed: (
+                NodeId([0; 32]),
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            ),
+        };
+        for i in 0..fleet.members.len() {
+            fleet.start_member(i).await?;
+            if i == 0 {
+                let m = &fleet.members[0];
+                fleet.seed = (m.node_id, m.addr);
+            }
+        }
+        fleet.records = fleet.sign_all(objects)?;
+        let seed = fleet.members[0]
+            .handle
+            .as_ref()
+            .ok_or(FleetError::NoNodes)?;
+        for r in &fleet.records {
+            seed.inject(r.clone())
+                .await
+                .map_err(setup("seeding record"))?;
+        }
+        Ok(fleet)
+    }
+
+    fn agent_config(&self, m: &Member) -> AgentConfig {
+        let mut cfg = AgentConfig::new(&m.name, m.state_dir.clone(), m.addr, self.trust.clone());
+        cfg.labels = labels_of(&m.spec);
+        cfg.relay = m.spec.roles.contains(&NodeRole::Relay);
+        if self.seed.0 != m.node_id && self.seed.1.port() != 0 {
+            cfg.bootstrap = vec![self.seed];
+        }
+        cfg.gossip = GossipConfig {
+            round_ms: self.opts.round.as_millis() as u64,
+            ..GossipConfig::default()
+        };
+        cfg.probe_interval = self.opts.probe_interval;
+        let mut tc = TransportConfig::new(m.addr);
+        tc.connect_timeout = Duration::from_secs(2);
+        tc.idle_timeout = Duration::from_secs(10);
+        tc.keep_alive = Duration::from_secs(2);
+        cfg.transport = Some(tc);
+        cfg
+    }
+
+    async fn start_member(&mut self, i: usize) -> Result<(), FleetError> {
+        let cfg = self.agent_config(&self.members[i]);
+        let handle = agent::start(cfg).await?;
+        let m = &mut self.members[i];
+        m.addr = handle.local_addr();
+        m.handle = Some(handle);
+        Ok(())
+    }
+
+    /// Signs one spec with the fleet's control key; generation is the signing second.
+    pub fn sign(&self, spec: &Spec, name: &str, generation: u64) -> Result<Vec<u8>, FleetError> {
+        let now = now_unix();
+        let rec = Record::new(
+            spec,
+            name,
+            generation,
+            now,
+            now + self.opts.record_ttl.as_secs() as i64,
+            Scope::any(),
+        )
+        .map_err(setup("record"))?;
+        Ok(Envelope::sign(rec, &[&self.control]).encode())
+    }
+
+    pub fn control_key(&self) -> &SigningKey {
+        &self.control
+    }
+
+    fn sign_all(&self, objects: &[Object]) -> Result<Vec<Vec<u8>>, FleetError> {
+        let generation = now_unix().max(1) as u64;
+        let by_name: BTreeMap<&str, &Member> =
+            self.members.iter().map(|m| (m.name.as_str(), m)).collect();
+        let mut out = Vec::new();
+        for o in objects {
+            let spec = match &o.spec {
+                Spec::FabricNode(n) => {
+                    let m = by_name
+                        .get(o.name())
+                        .ok_or_else(|| FleetError::UnknownNode(o.name().to_owned()))?;
+                    Spec::FabricNode(self.local_spec(n, m))
+                }
+                Spec::RolloutLease(_) | Spec::TrustRoot(_) => continue,
+                other => other.clone(),
+            };
+            out.push(self.sign(&spec, o.name(), generation)?);
+        }
+        Ok(out)
+    }
+
+    /// The manifest's node with its real key and its loopback endpoint: the
+    /// example addresses are documentation ranges nobody can reach.
+    pub fn local_spec(&self, n: &FabricNodeSpec, m: &Member) -> FabricNodeSpec {
+        FabricNodeSpec {
+            node_id: Some(m.node_id.to_string()),
+            endpoints: vec![EndpointSpec {
+                address: m.addr.to_string(),
+                scope: EndpointScopeSpec::Public,
+                locality_group: None,
+                nat_group: None,
+            }],
+            ..n.clone()
+        }
+    }
+
+    fn index(&self, name: &str) -> Result<usize, FleetError> {
+        self.members
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| FleetError::UnknownNode(name.to_owned()))
+    }
+
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    pub fn handle(&self, name: &str) -> Option<&AgentHandle> {
+        self.member(name).and_then(|m| m.handle.as_ref())
+    }
+
+    /// Stops one node (saving its cache), as a crash of its machine would not.
+    pub async fn stop_node(&mut self, name: &str) -> Result<(), FleetError> {
+        let i = self.index(name)?;
+        if let Some(h) = self.members[i].handle.take() {
+            h.stop().await;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped node again on its old address, from its own state folder.
+    pub async fn restart_node(&mut self, name: &str) -> Result<(), FleetError> {
+        let i = self.index(name)?;
+        if self.members[i].handle.is_none() {
+            self.start_member(i).await?;
+        }
+        Ok(())
+    }
+
+    pub fn statuses(&self) -> Vec<NodeStatus> {
+        self.members
+            .iter()
+            .filter_map(|m| m.handle.as_ref().map(|h| h.status()))
+            .collect()
+    }
+
+    /// Node records the fleet expects in every directory.
+    pub fn expected_records(&self) -> usize {
+        self.records.len()
+    }
+
+    pub async fn stop_all(&mut self) {
+        for m in &mut self.members {
+            if let Some(h) = m.handle.take() {
+                h.stop().await;
+            }
+        }
+    }
+
+    pub fn trust_root_file(&self) -> PathBuf {
+        self.trust_dir.join("trust-root.yaml")
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.opts.state_dir
+    }
+}
+
+/// Builds `count` synthetic nodes spread over three areas, for `--nodes N` and
+/// tests. Every node gets distinct site and NAT group per pair; the first node
+/// of each area provides a core service.
+pub fn synthetic_nodes(count: usize) -> Vec<Object> {
+    let areas = ["alpha", "beta", "gamma"];
+    let mut out = Vec::new();
+    let mut providers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for i in 0..count {
+        let area = areas[i % areas.len()];
+        let site = i / areas.len() / 2 + 1;
+        let name = format!("{area}-{}", i / areas.len() + 1);
+        let mut roles = Vec::new();
+        if i < 6 {
+            let svc = ["control-api", "update-store", "update-cache"][i % 3];
+            roles.push(match svc {
+                "control-api" => NodeRole::ControlApi,
+                "update-store" => NodeRole::UpdateStore,
+                _ => NodeRole::UpdateCache,
+            });
+            providers.entry(svc).or_default().push(name.clone());
+        }
+        out.push(object(
+            &name,
+            Spec::FabricNode(FabricNodeSpec {
+                area: area.into(),
+                site_id: format!("{area}-site-{site}"),
+                locality_group: format!("{area}-lan-{site}"),
+                nat_group: format!("{area}-nat-{site}"),
+                node_id: None,
+                roles,
+                endpoints: vec![],
+                critical: false,
+                resilience_target: None,
+            }),
+        ));
+    }
+    for (svc, p) in providers {
+        out.push(object(
+            svc,
+            Spec::ServiceRecord(fabric_schemas::kinds::ServiceRecordSpec {
+                service: svc.into(),
+                providers: p,
+            }),
+        ));
+    }
+    out
+}
+
+fn object(name: &str, spec: Spec) -> Object {
+    Object {
+        kind: spec.kind(),
+        metadata: fabric_schemas::manifest::Metadata {
+            name: name.into(),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+        source: fabric_schemas::manifest::Source {
+            file: PathBuf::from("<generated>"),
+            line: 0,
+        },
+    }
+}

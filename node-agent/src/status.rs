@@ -1,0 +1,87 @@
+//! What a node reports about itself: the seed's P1 fields, directory size,
+//! rejections by reason, observations and edge listeners. Written to
+//! `status.json` in the state directory (atomically) on every round.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use fabric::edge::EdgeEntry;
+use fabric::topology::{NodeId, TopologyLabels};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::Observation;
+use crate::registry::{RegistryReport, RegistryStatus};
+
+pub const STATUS_FILE: &str = "status.json";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub node_id: String,
+    pub listen: String,
+    pub area: String,
+    pub site_id: String,
+    pub nat_group: String,
+    pub directory_records: usize,
+    pub directory_nodes: usize,
+    pub directory_services: usize,
+    /// `fabric_registry_runtime_report`.
+    pub registry: RegistryReport,
+    /// Records refused, by `Rejection::reason()`.
+    pub rejections: BTreeMap<String, u64>,
+    /// Gossip-level refusals (includes oversize and digest mismatches).
+    pub gossip_rejections: BTreeMap<String, u64>,
+    pub gossip_accepted: u64,
+    pub peer_cache: String,
+    pub observations: BTreeMap<String, Observation>,
+    pub edge_listeners: Vec<EdgeEntry>,
+    pub updated_ms: u64,
+}
+
+impl NodeStatus {
+    pub fn initial(
+        name: &str,
+        id: NodeId,
+        listen: SocketAddr,
+        labels: &TopologyLabels,
+        cache: &str,
+    ) -> Self {
+        NodeStatus {
+            name: name.to_owned(),
+            node_id: id.to_string(),
+            listen: listen.to_string(),
+            area: labels.area.clone(),
+            site_id: labels.site_id.clone(),
+            nat_group: labels.nat_group.clone(),
+            directory_records: 0,
+            directory_nodes: 0,
+            directory_services: 0,
+            registry: RegistryReport {
+                status: RegistryStatus::Missing,
+                active_records: 0,
+                candidate_records: 0,
+                resolved_core_services: BTreeMap::new(),
+                last_live_probe: None,
+            },
+            rejections: BTreeMap::new(),
+            gossip_rejections: BTreeMap::new(),
+            gossip_accepted: 0,
+            peer_cache: cache.to_owned(),
+            observations: BTreeMap::new(),
+            edge_listeners: Vec::new(),
+            updated_ms: 0,
+        }
+    }
+}
+
+pub fn write(state_dir: &Path, status: &NodeStatus) -> Result<(), String> {
+    let bytes = serde_json::to_vec_pretty(status).map_err(|e| e.to_string())?;
+    fabric_schemas::keys::write_atomic(&state_dir.join(STATUS_FILE), &bytes, 0o644)
+        .map_err(|e| e.to_string())
+}
+
+pub fn read(state_dir: &Path) -> Result<NodeStatus, String> {
+    let bytes = std::fs::read(state_dir.join(STATUS_FILE)).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
