@@ -5,3 +5,5 @@
 //! PostgreSQL in production), the reconcile loops that write `observedGeneration`
 //! and conditions back, registry signing, the update orchestrator and the fleet
 //! audit.
+
+pub mod store;
