@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Steer a Fabric fleet: validate and sign manifests, manage trust keys,
-/// generate CRDs.
+/// Steer a Fabric fleet: run a local fleet, validate and sign manifests,
+/// manage trust keys, generate CRDs.
+///
+/// Logs go to stderr; set FABRIC_LOG (e.g. FABRIC_LOG=info) to see more.
 #[derive(Parser)]
 #[command(name = "fabricctl", version, about, long_about = None)]
 struct Cli {
@@ -17,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole fleet on this machine (loopback, embedded defaults) and show it converge.
+    Up(cmd::up::Args),
     /// Check manifests: every error names file, object, field and line.
     Validate(cmd::validate::Args),
     /// Write the CustomResourceDefinitions generated from the types.
@@ -33,13 +37,15 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FABRIC_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("FABRIC_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,fabric::transport=error")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Up(a) => cmd::up::run(a),
         Command::Validate(a) => cmd::validate::run(a),
         Command::Crds(a) => cmd::crds::run(a),
         Command::Keys(c) => cmd::keys::run(c),

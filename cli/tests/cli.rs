@@ -241,3 +241,103 @@ fn crds_prints_every_kind() {
         );
     }
 }
+
+#[test]
+fn up_until_converged_runs_the_example_fleet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("up");
+    let out = fabricctl(&[
+        "up",
+        "-f",
+        examples().to_str().expect("utf8"),
+        "--state-dir",
+        state.to_str().expect("utf8"),
+        "--until-converged",
+        "--timeout",
+        "90s",
+    ]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("converged: 12/12 nodes active with 17/17 records"),
+        "{text}"
+    );
+    for name in ["alpha-1", "beta-4", "gamma-2"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(name) && l.contains("active")),
+            "{name}: {text}"
+        );
+    }
+    // Each node kept its own key and cache.
+    assert!(state.join("nodes/alpha-1/node.key").exists());
+    assert!(state.join("nodes/gamma-4/peer-cache.json").exists());
+}
+
+#[test]
+fn up_scales_with_nodes_and_names_laggards_on_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("up");
+    let out = fabricctl(&[
+        "up",
+        "--nodes",
+        "8",
+        "--state-dir",
+        state.to_str().expect("utf8"),
+        "--until-converged",
+        "--timeout",
+        "90s",
+    ]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("converged: 8/8 nodes"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Nodes without any core ServiceRecord can never become active.
+    let only_nodes = dir.path().join("nodes-only");
+    std::fs::create_dir_all(&only_nodes).expect("mkdir");
+    std::fs::copy(
+        examples().join("nodes/alpha.yaml"),
+        only_nodes.join("alpha.yaml"),
+    )
+    .expect("copy");
+    let out = fabricctl(&[
+        "up",
+        "-f",
+        only_nodes.to_str().expect("utf8"),
+        "--state-dir",
+        state.to_str().expect("utf8"),
+        "--until-converged",
+        "--timeout",
+        "3s",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not converged after 3s: alpha-1 (missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn up_refuses_to_wipe_a_folder_it_did_not_create() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("precious.txt"), b"keep me").expect("write");
+    let out = fabricctl(&[
+        "up",
+        "--nodes",
+        "2",
+        "--state-dir",
+        dir.path().to_str().expect("utf8"),
+        "--until-converged",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to wipe"));
+    assert!(dir.path().join("precious.txt").exists());
+}

@@ -329,14 +329,19 @@ pub fn synthetic_nodes(count: usize) -> Vec<Object> {
         let site = i / areas.len() / 2 + 1;
         let name = format!("{area}-{}", i / areas.len() + 1);
         let mut roles = Vec::new();
-        if i < 6 {
-            let svc = ["control-api", "update-store", "update-cache"][i % 3];
-            roles.push(match svc {
+        // Two providers per core service when the fleet is big enough, and at
+        // least one whatever its size.
+        for j in (0..6).filter(|j| *j < count.max(3) && j % count == i) {
+            let svc = ["control-api", "update-store", "update-cache"][j % 3];
+            let role = match svc {
                 "control-api" => NodeRole::ControlApi,
                 "update-store" => NodeRole::UpdateStore,
                 _ => NodeRole::UpdateCache,
-            });
-            providers.entry(svc).or_default().push(name.clone());
+            };
+            if !roles.contains(&role) {
+                roles.push(role);
+                providers.entry(svc).or_default().push(name.clone());
+            }
         }
         out.push(object(
             &name,

@@ -1,6 +1,7 @@
 pub mod crds;
 pub mod keys;
 pub mod sign;
+pub mod up;
 pub mod validate;
 pub mod verify;
 

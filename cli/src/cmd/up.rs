@@ -1,0 +1,213 @@
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use fabric_node_agent::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
+use fabric_node_agent::registry::RegistryStatus;
+use fabric_node_agent::status::NodeStatus;
+use fabric_schemas::manifest::load_path;
+use fabric_schemas::time::parse_duration;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Marks a state folder as ours, so `up` never wipes a folder it did not create.
+const MARKER: &str = ".fabric-up";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Manifests describing the fleet (FabricNodes, ServiceRecords, ...).
+    #[arg(short = 'f', long = "filename", default_value = "manifests/examples")]
+    path: PathBuf,
+    /// Ignore the manifests' nodes and run N synthetic nodes over three areas.
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Where keys, peer caches and status files go; wiped at start.
+    #[arg(long, default_value = ".fabric/up")]
+    state_dir: PathBuf,
+    /// Exit 0 once every node is `active` with the full directory; exit 1
+    /// naming the laggards after --timeout. For scripts and CI.
+    #[arg(long)]
+    until_converged: bool,
+    /// How long --until-converged waits (e.g. 90s, 5m).
+    #[arg(long, default_value = "120s")]
+    timeout: String,
+    /// Gossip round length in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    round_ms: u64,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(up(a))
+}
+
+fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_none();
+        if !empty && !dir.join(MARKER).exists() {
+            bail!(
+                "{} exists and was not created by `fabricctl up`; refusing to wipe it (choose another --state-dir)",
+                dir.display()
+            );
+        }
+        for sub in ["nodes", "trust"] {
+            let p = dir.join(sub);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).with_context(|| format!("clearing {}", p.display()))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join(MARKER),
+        b"state of a local fleet started by fabricctl up\n",
+    )
+    .with_context(|| format!("writing {}", dir.join(MARKER).display()))?;
+    Ok(())
+}
+
+fn converged(s: &NodeStatus, total: usize) -> bool {
+    s.directory_records >= total && s.registry.status == RegistryStatus::Active
+}
+
+fn table(statuses: &[NodeStatus], total: usize) -> String {
+    let mut out = format!(
+        "{:<14} {:<8} {:<22} {:>9} {:<15} {:>5}\n",
+        "NODE", "AREA", "LISTEN", "DIRECTORY", "REGISTRY", "PEERS"
+    );
+    for s in statuses {
+        out.push_str(&format!(
+            "{:<14} {:<8} {:<22} {:>4}/{:<4} {:<15} {:>5}\n",
+            s.name,
+            s.area,
+            s.listen,
+            s.directory_records,
+            total,
+            s.registry.status.as_str(),
+            s.observations
+                .iter()
+                .filter(|(name, o)| **name != s.name && o.last_seen_ms.is_some())
+                .count(),
+        ));
+    }
+    out
+}
+
+async fn up(a: Args) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_secs(parse_duration(&a.timeout).context("--timeout")? as u64);
+    let objects = match a.nodes {
+        Some(0) => bail!("--nodes must be at least 1"),
+        Some(n) => synthetic_nodes(n),
+        None => {
+            let report = load_path(&a.path);
+            if !report.errors.is_empty() {
+                for e in &report.errors {
+                    eprintln!("{e}");
+                }
+                bail!(
+                    "{} manifest error(s) in {}",
+                    report.errors.len(),
+                    a.path.display()
+                );
+            }
+            report.objects
+        }
+    };
+    prepare_state_dir(&a.state_dir)?;
+    let mut opts = FleetOptions::new(a.state_dir.clone());
+    opts.round = Duration::from_millis(a.round_ms.max(50));
+    let started = Instant::now();
+    let mut fleet = LocalFleet::start(&objects, opts)
+        .await
+        .context("starting the fleet")?;
+    let total = fleet.expected_records();
+    let n = fleet.members.len();
+    println!(
+        "fabric: {n} nodes on loopback, {total} signed records seeded into {} only; state in {}",
+        fleet.members[0].name,
+        a.state_dir.display()
+    );
+    println!("trust root: {}", fleet.trust_root_file().display());
+    let tty = std::io::stdout().is_terminal();
+    let bar = if tty {
+        ProgressBar::new(n as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} converging [{bar:30}] {pos}/{len} nodes active with the full directory ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut done_at: Option<Duration> = None;
+    let mut last_print = Instant::now();
+    let code = loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = tokio::signal::ctrl_c() => {
+                r.context("waiting for Ctrl-C")?;
+                bar.finish_and_clear();
+                println!("stopping {n} nodes...");
+                break ExitCode::SUCCESS;
+            }
+        }
+        let statuses = fleet.statuses();
+        let ready = statuses.iter().filter(|s| converged(s, total)).count();
+        bar.set_position(ready as u64);
+        if ready == n && done_at.is_none() {
+            let t = started.elapsed();
+            done_at = Some(t);
+            bar.finish_and_clear();
+            print!("{}", table(&statuses, total));
+            println!(
+                "converged: {n}/{n} nodes active with {total}/{total} records in {:.1}s",
+                t.as_secs_f64()
+            );
+            if a.until_converged {
+                break ExitCode::SUCCESS;
+            }
+            println!("fleet running; Ctrl-C stops every node");
+        }
+        if done_at.is_none() && !tty && last_print.elapsed() >= Duration::from_secs(5) {
+            println!(
+                "{ready}/{n} nodes converged after {:.0}s",
+                started.elapsed().as_secs_f64()
+            );
+            last_print = Instant::now();
+        }
+        if done_at.is_some()
+            && !a.until_converged
+            && last_print.elapsed() >= Duration::from_secs(10)
+        {
+            print!("{}", table(&statuses, total));
+            last_print = Instant::now();
+        }
+        if a.until_converged && done_at.is_none() && started.elapsed() > timeout {
+            bar.finish_and_clear();
+            print!("{}", table(&statuses, total));
+            let laggards: Vec<String> = statuses
+                .iter()
+                .filter(|s| !converged(s, total))
+                .map(|s| {
+                    format!(
+                        "{} ({}, {}/{total} records)",
+                        s.name,
+                        s.registry.status.as_str(),
+                        s.directory_records
+                    )
+                })
+                .collect();
+            eprintln!("not converged after {}: {}", a.timeout, laggards.join(", "));
+            break ExitCode::from(1);
+        }
+    };
+    fleet.stop_all().await;
+    Ok(code)
+}
