@@ -6,4 +6,6 @@
 //! and conditions back, registry signing, the update orchestrator and the fleet
 //! audit.
 
+pub mod rollout;
+
 pub mod store;

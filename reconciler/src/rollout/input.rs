@@ -1,0 +1,314 @@
+//! What the planner is given: the intent, its policy, the fleet, what the
+//! heartbeats say, the leases that are out, what the operator decided and what
+//! earlier ticks recorded. All of it is plain data; the driver gathers it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fabric_schemas::kinds::{
+    Component, FabricNodeSpec, RolloutLeaseSpec, RolloutPolicySpec, Strategy, UpdateIntentSpec,
+};
+use fabric_schemas::time::{parse_rfc3339, TimeError};
+use serde::{Deserialize, Serialize};
+
+use super::status::Reason;
+
+/// One `UpdateIntent` as the planner sees it: name, generation and spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntentInput {
+    pub name: String,
+    pub generation: u64,
+    pub spec: UpdateIntentSpec,
+}
+
+impl IntentInput {
+    /// The phase this intent's leases are for: an intent updates one component.
+    pub fn phase(&self) -> Component {
+        self.spec.component
+    }
+}
+
+/// Versions a node currently runs, as its heartbeat reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Versions {
+    pub node_agent: Option<String>,
+    pub host_agent: Option<String>,
+}
+
+impl Versions {
+    pub fn of(&self, component: Component) -> Option<&str> {
+        match component {
+            Component::NodeAgent => self.node_agent.as_deref(),
+            Component::HostAgent => self.host_agent.as_deref(),
+        }
+    }
+}
+
+/// A fleet node: its `FabricNode` spec (labels and roles) and running versions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FleetNode {
+    pub spec: FabricNodeSpec,
+    pub versions: Versions,
+}
+
+/// The whole fleet by node name. A `BTreeMap` so every iteration, and so every
+/// plan, has one order.
+pub type Fleet = BTreeMap<String, FleetNode>;
+
+/// Liveness as the heartbeat intake judges it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    #[default]
+    Healthy,
+    Unhealthy,
+    /// No fresh heartbeat within the intake's deadline.
+    HeartbeatLost,
+}
+
+/// The node-side update states of the seed (P5), spelled as it spells them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Blocked,
+    Leased,
+    Staged,
+    Applying,
+    Healthy,
+    RolledBack,
+    Aborted,
+}
+
+impl UpdateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Blocked => "blocked",
+            UpdateState::Leased => "leased",
+            UpdateState::Staged => "staged",
+            UpdateState::Applying => "applying",
+            UpdateState::Healthy => "healthy",
+            UpdateState::RolledBack => "rolled_back",
+            UpdateState::Aborted => "aborted",
+        }
+    }
+}
+
+/// The update a node last reported on, and where it got to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateReport {
+    pub intent: String,
+    pub generation: u64,
+    pub phase: Component,
+    /// The lease the report is about; `blocked` and `aborted` only end the
+    /// attempt whose lease they name, so a stale report cannot kill a retry.
+    pub lease_id: Option<String>,
+    pub state: UpdateState,
+}
+
+/// What the latest heartbeat of a node says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeLive {
+    pub health: Health,
+    pub update: Option<UpdateReport>,
+}
+
+/// Live state by node name. A node missing here is treated as heartbeat-lost:
+/// the planner never leases a node it has not heard from.
+pub type LiveStates = BTreeMap<String, NodeLive>;
+
+/// A lease that is out, of any intent (the planner needs the others' to keep
+/// a node from holding two leases at once).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutstandingLease {
+    pub node: String,
+    pub intent: String,
+    pub intent_generation: u64,
+    pub phase: Component,
+    pub lease_id: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+impl OutstandingLease {
+    /// From a stored lease spec; fails only on an unreadable `expiresAt`.
+    pub fn from_spec(spec: &RolloutLeaseSpec) -> Result<OutstandingLease, TimeError> {
+        Ok(OutstandingLease {
+            node: spec.node.clone(),
+            intent: spec.intent.clone(),
+            intent_generation: spec.intent_generation,
+            phase: spec.phase,
+            lease_id: spec.lease_id.clone(),
+            expires_at: parse_rfc3339(&spec.expires_at)?,
+        })
+    }
+}
+
+/// What the operator decided (`fabricctl rollout pause/resume/abort`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutControl {
+    pub paused: bool,
+    /// Set with the operator's reason; every outstanding lease is revoked.
+    pub aborted: Option<String>,
+    /// The rollout carries a recovery-admin override: a farm-wide start is
+    /// allowed, and the leases of it are marked `recoveryOverride` (the caller
+    /// must add a recovery-admin signature or nodes refuse them).
+    pub recovery_override: bool,
+}
+
+/// Why the planner stopped a rollout by itself. Sticky: it stays until the
+/// operator resumes with [`RolloutProgress::resume`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopCause {
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// What the planner records between ticks; the driver stores it durably and
+/// hands it back. Pausing and resuming never loses it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutProgress {
+    /// Nodes that reached the new version under a lease of this rollout.
+    pub done: BTreeSet<String>,
+    /// Nodes given up on, with why.
+    pub failed: BTreeMap<String, String>,
+    /// Leases granted per node so far; the next lease id uses attempt + 1.
+    pub attempts: BTreeMap<String, u32>,
+    /// Index of the canary step being filled (0-based).
+    pub canary_step: u32,
+    pub stopped: Option<StopCause>,
+}
+
+impl RolloutProgress {
+    /// The operator's resume after an automatic stop: clears the stop, keeps
+    /// everything else (failed nodes stay failed, counts stay).
+    pub fn resume(&mut self) {
+        self.stopped = None;
+    }
+
+    /// The operator's "retry the failed nodes": they become pending again
+    /// with fresh attempts (a failed canary node otherwise holds the canary
+    /// gate shut for good).
+    pub fn retry_failed(&mut self) {
+        for node in std::mem::take(&mut self.failed).into_keys() {
+            self.attempts.remove(&node);
+        }
+    }
+}
+
+/// What to do with the only relay / ingress / egress of an area.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SoleAreaProvider {
+    /// Lease it when another area has an unleased healthy provider of the
+    /// role, so the fleet keeps one while this area's is updated. Without this
+    /// an area with one relay could never be updated at all.
+    #[default]
+    CoverFromOtherArea,
+    /// Never lease it; it must be updated with a forced-node intent after
+    /// adding a second provider, or by hand.
+    Never,
+}
+
+/// Knobs of the planner that are not part of the policy object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannerConfig {
+    /// Lease lifetime: long enough to stage and apply, short enough that a
+    /// vanished orchestrator does not leave nodes leased for long.
+    pub lease_ttl_secs: i64,
+    /// Leases a node may get before it counts as failed.
+    pub max_attempts: u32,
+    /// Finished nodes needed before the failure rate can stop a rollout (one
+    /// early failure of two would otherwise read as 50 %). Capped at the
+    /// number of nodes the rollout has to update.
+    pub min_failure_sample: u32,
+    pub sole_area_provider: SoleAreaProvider,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            lease_ttl_secs: 15 * 60,
+            max_attempts: 2,
+            min_failure_sample: 5,
+            sole_area_provider: SoleAreaProvider::CoverFromOtherArea,
+        }
+    }
+}
+
+/// Everything one tick of one rollout looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct TickInput<'a> {
+    /// Unix seconds; the planner never reads a clock.
+    pub now: i64,
+    pub intent: &'a IntentInput,
+    pub policy: &'a RolloutPolicySpec,
+    pub fleet: &'a Fleet,
+    pub live: &'a LiveStates,
+    /// Outstanding leases of every intent.
+    pub leases: &'a [OutstandingLease],
+    pub control: &'a RolloutControl,
+    pub progress: &'a RolloutProgress,
+    pub config: &'a PlannerConfig,
+}
+
+/// A policy the planner cannot act on. The manifest checks catch these at
+/// `apply`; the planner checks again because it must never guess.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("RolloutPolicy {policy:?}: spec.maxParallel must be >= 1 (got 0)")]
+    ZeroMaxParallel { policy: String },
+    #[error("RolloutPolicy {policy:?}: spec.canarySteps[{index}] must set exactly one of count or percent (percent 1-100)")]
+    BadCanaryStep { policy: String, index: usize },
+    #[error("RolloutPolicy {policy:?}: strategy {strategy:?} needs {field}")]
+    MissingStrategyField {
+        policy: String,
+        strategy: Strategy,
+        field: &'static str,
+    },
+    #[error("PlannerConfig: {0}")]
+    Config(&'static str),
+}
+
+/// Checks the parts of the policy and config the planner relies on.
+/// `policy_name` is only used in the error message.
+pub fn validate(
+    policy_name: &str,
+    policy: &RolloutPolicySpec,
+    config: &PlannerConfig,
+) -> Result<(), PlanError> {
+    let name = || policy_name.to_owned();
+    if policy.max_parallel == 0 {
+        return Err(PlanError::ZeroMaxParallel { policy: name() });
+    }
+    for (index, step) in policy.canary_steps.iter().enumerate() {
+        let ok = matches!(
+            (step.count, step.percent),
+            (Some(c), None) if c >= 1
+        ) || matches!((step.count, step.percent), (None, Some(p)) if (1..=100).contains(&p));
+        if !ok {
+            return Err(PlanError::BadCanaryStep {
+                policy: name(),
+                index,
+            });
+        }
+    }
+    let missing = |field| PlanError::MissingStrategyField {
+        policy: name(),
+        strategy: policy.strategy,
+        field,
+    };
+    match policy.strategy {
+        Strategy::Canary if policy.canary_steps.is_empty() => return Err(missing("canarySteps")),
+        Strategy::Pinned if policy.pinned_nodes.is_empty() => return Err(missing("pinnedNodes")),
+        Strategy::ForcedNode if policy.forced_node.is_none() => return Err(missing("forcedNode")),
+        _ => {}
+    }
+    if config.lease_ttl_secs <= 0 {
+        return Err(PlanError::Config("lease_ttl_secs must be positive"));
+    }
+    if config.max_attempts == 0 {
+        return Err(PlanError::Config("max_attempts must be >= 1"));
+    }
+    Ok(())
+}
