@@ -5,6 +5,7 @@
 //! default without the transport knowing how it decides.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,17 @@ pub struct PeerInfo {
     pub is_relay: bool,
 }
 
+/// What one direct dial (a path attempt or an explicit probe) of an endpoint
+/// candidate found. Reported to the ranker so rankers that learn from the
+/// runtime (the peer planner) can reorder the next attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DialOutcome {
+    /// The QUIC handshake completed and the peer proved the expected `NodeId`.
+    Reached { rtt: Duration },
+    /// Timeout, refusal, or a different node answering at that address.
+    Failed,
+}
+
 /// Orders the ways to reach a peer.
 pub trait PathRanker: Send + Sync + 'static {
     /// Direct candidates to try, best first. Candidates left out are not tried.
@@ -46,6 +58,25 @@ pub trait PathRanker: Send + Sync + 'static {
 
     /// Relays to try when no direct candidate answered, best first.
     fn rank_relays(&self, local: &TopologyLabels, relays: &[(NodeId, PeerInfo)]) -> Vec<NodeId>;
+
+    /// Like [`PathRanker::rank_direct`], knowing which node the peer is. The
+    /// transport always calls this one; rankers that keep per-peer
+    /// observations override it, stateless ones keep the default.
+    fn rank_direct_for(
+        &self,
+        local: &TopologyLabels,
+        node: NodeId,
+        peer: &PeerInfo,
+    ) -> Vec<EndpointCandidate> {
+        let _ = node;
+        self.rank_direct(local, peer)
+    }
+
+    /// Called by the transport after every direct dial of `(node, addr)`.
+    /// The default ignores it: a stateless ranker has nothing to learn.
+    fn record_dial(&self, node: NodeId, addr: SocketAddr, outcome: DialOutcome) {
+        let _ = (node, addr, outcome);
+    }
 }
 
 /// Scoped private endpoints first when we share the locality or NAT group they are

@@ -7,7 +7,9 @@
 //! (`direct_ready_count`, `relay_ready_count`, `external_area_ready_count`,
 //! `independent_ingress_ready_count`, `recovery_path_count`). No sockets, no
 //! clock, no randomness: the node-agent feeds it from the peer cache and the
-//! transport, and the transport plugs [`rank_endpoints`] into its dialer.
+//! transport, and the transport plugs [`rank_endpoints`] into its dialer
+//! through [`PlannerRanker`] (module [`ranker`], the one stateful piece: a
+//! lock around the live observations).
 //!
 //! It is not the transport: it never probes, and "ready" always means what
 //! the transport reported, never what the plan intends.
@@ -51,6 +53,7 @@ pub mod input;
 mod labels;
 pub mod metrics;
 pub mod plan;
+pub mod ranker;
 pub mod resilience;
 mod score;
 
@@ -68,5 +71,6 @@ pub use input::{
 pub use labels::IngressKey;
 pub use metrics::{compute_metrics, PathReadiness, PeerMetrics};
 pub use plan::{plan, Assignment, PeerDecision, PeerPlan, PickReason, PlanError, RecoveryStatus};
+pub use ranker::{candidate_from_info, PlannerRanker};
 pub use resilience::{evaluate, Metric, ResilienceReport, ResilienceTarget, UnmetTarget};
 pub use score::DirectTier;

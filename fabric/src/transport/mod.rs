@@ -26,7 +26,7 @@ use crate::channel::{
     ChannelListener, HeaderError, Status,
 };
 use crate::identity::NodeIdentity;
-use crate::path::{DefaultPathRanker, PathKind, PathRanker, PeerInfo};
+use crate::path::{DefaultPathRanker, DialOutcome, PathKind, PathRanker, PeerInfo};
 use crate::relay::{
     ForwardTable, RelayTap, TunnelHeader, TunnelKind, RELAY_ACCEPT_SERVICE, RELAY_SERVICE,
 };
@@ -41,6 +41,7 @@ pub(crate) mod close_code {
     pub const RELAY_LOST: u32 = 2;
     pub const IDENTITY: u32 = 3;
     pub const DISCONNECT: u32 = 4;
+    pub const PROBE_DONE: u32 = 5;
 }
 
 /// A live, authenticated connection to a peer and how it is carried.
@@ -71,6 +72,9 @@ pub(crate) struct Inner {
     tunnel_server: Arc<quinn::ServerConfig>,
     book: RwLock<HashMap<NodeId, PeerInfo>>,
     ranker: RwLock<Arc<dyn PathRanker>>,
+    /// Direct dials per `(peer, address)`, so tests and metrics can prove which
+    /// addresses were (never) tried.
+    probes: Mutex<HashMap<(NodeId, SocketAddr), u64>>,
     conns: Mutex<HashMap<NodeId, ConnEntry>>,
     dialing: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
     services: Mutex<HashMap<String, mpsc::Sender<Channel>>>,
@@ -155,6 +159,7 @@ impl Transport {
             tunnel_server: Arc::new(tunnel_server),
             book: RwLock::new(HashMap::new()),
             ranker: RwLock::new(Arc::new(DefaultPathRanker)),
+            probes: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashMap::new()),
             services: Mutex::new(HashMap::new()),
@@ -291,6 +296,46 @@ impl Transport {
             .get(&node)
             .filter(|e| e.is_alive())
             .map(|e| e.conn.stats())
+    }
+
+    /// Validates one endpoint: dials `addr` expecting `node`, and hangs up as
+    /// soon as the handshake has proved the peer's identity. Returns the
+    /// handshake RTT. The caller chose the address, so the ranker is not asked
+    /// (it is told the outcome); the connection cache is not touched. This is
+    /// how an observer checks a peer's public endpoint for others
+    /// (behaviours 5 and 6) even while it already has a path to that peer.
+    pub async fn probe(&self, node: NodeId, addr: SocketAddr) -> Result<Duration, TransportError> {
+        if self.inner.is_shut_down() {
+            return Err(TransportError::Shutdown);
+        }
+        if node == self.inner.node_id {
+            return Err(TransportError::SelfDial { node });
+        }
+        let conn = self.inner.dial_endpoint(node, addr).await?;
+        let rtt = conn.rtt();
+        conn.close(close_code::PROBE_DONE.into(), b"probe done");
+        Ok(rtt)
+    }
+
+    /// How many times this node has dialled `addr` expecting `node` (path
+    /// ladder, path upgrades, relay-to-target dials and explicit probes).
+    pub fn probe_count(&self, node: NodeId, addr: SocketAddr) -> u64 {
+        self.inner
+            .probes
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&(node, addr)).copied())
+            .unwrap_or(0)
+    }
+
+    /// Every `(peer, address)` dialled so far with its count, sorted.
+    pub fn probe_counts(&self) -> Vec<(NodeId, SocketAddr, u64)> {
+        let mut out: Vec<(NodeId, SocketAddr, u64)> = match self.inner.probes.lock() {
+            Ok(p) => p.iter().map(|((n, a), c)| (*n, *a, *c)).collect(),
+            Err(_) => Vec::new(),
+        };
+        out.sort();
+        out
     }
 
     /// Tunnels this node currently relays for others.
@@ -662,7 +707,7 @@ impl Inner {
             .ok_or(TransportError::UnknownPeer { node })?;
         let ranker = self.ranker();
         let mut attempts = Vec::new();
-        for candidate in ranker.rank_direct(&self.config.labels, &peer) {
+        for candidate in ranker.rank_direct_for(&self.config.labels, node, &peer) {
             let path = PathKind::Direct {
                 addr: candidate.addr,
             };
@@ -704,10 +749,32 @@ impl Inner {
         node: NodeId,
         addr: SocketAddr,
     ) -> Result<ConnEntry, TransportError> {
-        let conn = self
-            .handshake(node, addr, addr.to_string(), self.direct_tc.clone())
-            .await?;
+        let conn = self.dial_endpoint(node, addr).await?;
         Ok(self.register(conn, node, PathKind::Direct { addr }, true))
+    }
+
+    /// One counted handshake to a real address; the ranker learns the outcome.
+    async fn dial_endpoint(
+        &self,
+        node: NodeId,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, TransportError> {
+        if let Ok(mut p) = self.probes.lock() {
+            *p.entry((node, addr)).or_insert(0) += 1;
+        }
+        let result = self
+            .handshake(node, addr, addr.to_string(), self.direct_tc.clone())
+            .await;
+        let outcome = match &result {
+            Ok(conn) => Some(DialOutcome::Reached { rtt: conn.rtt() }),
+            // Local failures say nothing about the endpoint.
+            Err(TransportError::Tls(_) | TransportError::Shutdown) => None,
+            Err(_) => Some(DialOutcome::Failed),
+        };
+        if let Some(outcome) = outcome {
+            self.ranker().record_dial(node, addr, outcome);
+        }
+        result
     }
 
     /// Runs a client handshake to `addr` (real or virtual) expecting `node`.
@@ -799,7 +866,10 @@ impl Inner {
             Some(current) if current.conn.stable_id() == old.conn.stable_id() => {}
             _ => return,
         }
-        for candidate in self.ranker().rank_direct(&self.config.labels, &peer) {
+        for candidate in self
+            .ranker()
+            .rank_direct_for(&self.config.labels, old.peer, &peer)
+        {
             match self.dial_direct(old.peer, candidate.addr).await {
                 Ok(new) => {
                     tracing::info!(
