@@ -9,3 +9,5 @@
 pub mod rollout;
 
 pub mod store;
+
+pub mod runtime;
