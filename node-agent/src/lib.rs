@@ -12,11 +12,13 @@
 //! - [`registry`]: registry runtime status and `resolve(service)` (pure).
 //! - [`cache`]: the persisted peer cache.
 //! - [`status`]: the node's status report.
+//! - [`control`]: the control session (heartbeats, hints, endpoint convergence).
 //! - [`fleet`]: a whole fleet on loopback (`fabricctl up`, tests).
 
 pub mod admission;
 pub mod agent;
 pub mod cache;
+pub mod control;
 pub mod directory;
 pub mod fleet;
 pub mod registry;
