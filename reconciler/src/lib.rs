@@ -6,10 +6,10 @@
 //! and conditions back, registry signing, the update orchestrator and the fleet
 //! audit.
 
-pub mod audit;
-pub mod heartbeat;
 pub mod rollout;
 
 pub mod store;
 
 pub mod runtime;
+
+pub mod source;
