@@ -6,6 +6,8 @@
 //! and conditions back, registry signing, the update orchestrator and the fleet
 //! audit.
 
+pub mod audit;
+pub mod heartbeat;
 pub mod rollout;
 
 pub mod store;
