@@ -15,7 +15,11 @@ use fabric::edge::EdgeInventory;
 use fabric::frame::{read_frame, write_frame};
 use fabric::gossip::{self, Gossip, GossipConfig, RecordKey, Snapshot};
 use fabric::identity::NodeIdentity;
-use fabric::path::PeerInfo;
+use fabric::path::{PathKind, PeerInfo};
+use fabric::peer_select::{
+    self, LocalNode, PeerCandidate, PeerMetrics, PeerRoles, PlannerConfig, PlannerRanker,
+    ResilienceReport, ResilienceTarget,
+};
 use fabric::topology::{EndpointCandidate, EndpointScope, NodeId, TopologyLabels};
 use fabric::transport::{Transport, TransportConfig};
 use fabric_schemas::kinds::CORE_SERVICES;
@@ -169,6 +173,10 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
     tc.labels = cfg.labels.clone();
     tc.relay = cfg.relay;
     let transport = Transport::bind(&identity, tc).await?;
+    // Endpoint order comes from the failure-domain planner (seed P3), fed
+    // with what this node observes.
+    let ranker = Arc::new(PlannerRanker::new());
+    transport.set_path_ranker(ranker.clone());
     let local_addr = transport
         .local_addr()
         .map_err(|source| AgentError::StateDir {
@@ -260,6 +268,10 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         status: status_tx,
         edges: EdgeInventory::new(),
         last_probe_round: BTreeMap::new(),
+        ranker,
+        metrics: PeerMetrics::default(),
+        resilience: None,
+        last_upkeep: BTreeMap::new(),
     };
     let task = tokio::spawn(runner.run(events_rx, shutdown_rx));
     Ok(AgentHandle {
@@ -284,68 +296,73 @@ fn insert_signed(
     core.insert_local(env, now).map_err(|r| r.to_string())
 }
 
-fn spawn_gossip_listener(
+/// Accepts channels for `service` until shutdown, handling each in its own task
+/// under a time limit so a slow or silent peer cannot pin a task forever.
+fn serve<F, Fut>(
     transport: &Transport,
-    events: mpsc::Sender<Event>,
+    service: &str,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), AgentError> {
-    let mut listener = transport.listen(GOSSIP_SERVICE)?;
+    handler: F,
+) -> Result<(), AgentError>
+where
+    F: Fn(fabric::channel::Channel) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut listener = transport.listen(service)?;
     tokio::spawn(async move {
         loop {
             let ch = tokio::select! {
                 ch = listener.accept() => ch,
                 _ = shutdown.changed() => return,
             };
-            let Some(mut ch) = ch else { return };
-            let events = events.clone();
+            let Some(ch) = ch else { return };
+            let fut = handler(ch);
             tokio::spawn(async move {
-                let peer = ch.peer();
-                let read = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    read_frame(&mut ch, gossip::wire::MAX_MESSAGE_BYTES),
-                )
-                .await;
-                match read {
-                    Ok(Ok(payload)) => {
-                        let _ = events.send(Event::Gossip(peer, payload)).await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %peer.short(), error = %e, "bad gossip frame")
-                    }
-                    Err(_) => tracing::debug!(peer = %peer.short(), "gossip frame timed out"),
-                }
+                let _ = tokio::time::timeout(Duration::from_secs(5), fut).await;
             });
         }
     });
     Ok(())
 }
 
+fn spawn_gossip_listener(
+    transport: &Transport,
+    events: mpsc::Sender<Event>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    serve(transport, GOSSIP_SERVICE, shutdown, move |mut ch| {
+        let events = events.clone();
+        async move {
+            let peer = ch.peer();
+            match read_frame(&mut ch, gossip::wire::MAX_MESSAGE_BYTES).await {
+                Ok(payload) => {
+                    let _ = events.send(Event::Gossip(peer, payload)).await;
+                }
+                Err(e) => tracing::debug!(peer = %peer.short(), error = %e, "bad gossip frame"),
+            }
+        }
+    })
+}
+
 fn spawn_probe_responder(
     transport: &Transport,
     name: String,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    let mut listener = transport.listen(PROBE_SERVICE)?;
-    tokio::spawn(async move {
-        loop {
-            let ch = tokio::select! {
-                ch = listener.accept() => ch,
-                _ = shutdown.changed() => return,
+    serve(transport, PROBE_SERVICE, shutdown, move |mut ch| {
+        let name = name.clone();
+        async move {
+            let answered = async {
+                read_frame(&mut ch, PROBE_MAX_FRAME).await?;
+                write_frame(&mut ch, name.as_bytes(), PROBE_MAX_FRAME).await?;
+                let _ = ch.shutdown().await;
+                Ok::<_, fabric::frame::FrameError>(())
             };
-            let Some(mut ch) = ch else { return };
-            let name = name.clone();
-            tokio::spawn(async move {
-                let fut = async {
-                    let _ping = read_frame(&mut ch, PROBE_MAX_FRAME).await?;
-                    write_frame(&mut ch, name.as_bytes(), PROBE_MAX_FRAME).await?;
-                    let _ = ch.shutdown().await;
-                    Ok::<_, fabric::frame::FrameError>(())
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(5), fut).await;
-            });
+            if let Err(e) = answered.await {
+                tracing::debug!(error = %e, "probe not answered");
+            }
         }
-    });
-    Ok(())
+    })
 }
 
 struct Runner {
@@ -365,6 +382,11 @@ struct Runner {
     status: watch::Sender<NodeStatus>,
     edges: EdgeInventory,
     last_probe_round: BTreeMap<String, Instant>,
+    ranker: Arc<PlannerRanker>,
+    metrics: PeerMetrics,
+    resilience: Option<ResilienceReport>,
+    /// When each planned peer was last dialled for upkeep.
+    last_upkeep: BTreeMap<NodeId, Instant>,
 }
 
 impl Runner {
@@ -383,6 +405,7 @@ impl Runner {
                     let out = self.core.tick(now, &peers);
                     self.send_all(out);
                     self.probe_core_services();
+                    self.plan_peers();
                     self.publish_status(now);
                     if self.dirty && last_save.elapsed() >= Duration::from_secs(1) {
                         self.save_cache(now);
@@ -599,6 +622,102 @@ impl Runner {
         }
     }
 
+    /// Feeds the planner what the transport has ready, computes the seed's P3
+    /// metrics and keeps the planned peers connected.
+    fn plan_peers(&mut self) {
+        let mut candidates = Vec::new();
+        for n in self
+            .dir
+            .nodes
+            .values()
+            .filter(|n| n.node_id != self.node_id)
+        {
+            let path = self.transport.path_to(n.node_id);
+            let rtt = self
+                .transport
+                .connection_stats(n.node_id)
+                .map(|s| s.path.rtt);
+            self.ranker.update(|o| {
+                let peer = o.peers.entry(n.node_id).or_default();
+                for e in peer.endpoints.values_mut() {
+                    e.direct_ready = false;
+                }
+                peer.relay_ready_via = None;
+                match path {
+                    Some(PathKind::Direct { addr }) => o.record_direct_ready(n.node_id, addr, rtt),
+                    Some(PathKind::Relayed { via }) => o.record_relay_ready(n.node_id, via),
+                    None => {}
+                }
+            });
+            let info = n.peer_info();
+            candidates.push(PeerCandidate {
+                id: n.node_id,
+                labels: info.labels,
+                endpoints: info.candidates,
+                roles: PeerRoles {
+                    is_relay: info.is_relay,
+                    is_ingress: n
+                        .spec
+                        .roles
+                        .contains(&fabric_schemas::kinds::NodeRole::Ingress),
+                },
+                critical: n.spec.critical,
+            });
+        }
+        let local = LocalNode {
+            id: self.node_id,
+            labels: self.cfg.labels.clone(),
+        };
+        let plan = match peer_select::plan(
+            &local,
+            &candidates,
+            &self.ranker.observations(),
+            &PlannerConfig::default(),
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(node = %self.cfg.name, error = %e, "peer plan failed");
+                return;
+            }
+        };
+        self.metrics = plan.metrics;
+        self.resilience = self.dir.nodes.get(&self.cfg.name).and_then(|me| {
+            let t = me
+                .spec
+                .resilience_target
+                .as_ref()
+                .filter(|_| me.spec.critical)?;
+            let target = ResilienceTarget {
+                external_area_ready_count: t.external_area_ready_count,
+                recovery_path_count: t.recovery_path_count,
+                direct_ready_count: t.direct_ready_count,
+                relay_ready_count: t.relay_ready_count,
+                independent_ingress_ready_count: t.independent_ingress_ready_count,
+            };
+            Some(peer_select::evaluate(&target, &self.metrics))
+        });
+        // Keep the planned peer set connected: dial what is planned but not up,
+        // at most every few seconds per peer.
+        for id in plan.direct_peers().into_iter().chain(plan.relay_peers()) {
+            if self.transport.path_to(id).is_some() {
+                continue;
+            }
+            let due = self
+                .last_upkeep
+                .get(&id)
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+            if due {
+                self.last_upkeep.insert(id, Instant::now());
+                let transport = self.transport.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = transport.connect(id).await {
+                        tracing::debug!(peer = %id.short(), error = %e, "planned peer not reachable");
+                    }
+                });
+            }
+        }
+    }
+
     fn registry(&self, now: u64) -> RegistryReport {
         registry::report(&self.dir, &self.probes, self.last_probe.as_ref(), now)
     }
@@ -635,6 +754,8 @@ impl Runner {
             peer_cache: self.cache_state.clone(),
             observations: self.observations.clone(),
             edge_listeners: self.edges.entries(),
+            peer_metrics: self.metrics,
+            resilience: self.resilience.clone(),
             updated_ms: now,
         };
         let _ = crate::status::write(&self.cfg.state_dir, &status);

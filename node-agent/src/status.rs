@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use fabric::edge::EdgeEntry;
+use fabric::peer_select::{PeerMetrics, ResilienceReport};
 use fabric::topology::{NodeId, TopologyLabels};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,10 @@ pub struct NodeStatus {
     pub peer_cache: String,
     pub observations: BTreeMap<String, Observation>,
     pub edge_listeners: Vec<EdgeEntry>,
+    /// The seed's P3 metrics: `direct_ready_count`, `relay_ready_count`, ...
+    pub peer_metrics: PeerMetrics,
+    /// For a critical node with a resilience target: which targets are unmet.
+    pub resilience: Option<ResilienceReport>,
     pub updated_ms: u64,
 }
 
@@ -70,6 +75,8 @@ impl NodeStatus {
             peer_cache: cache.to_owned(),
             observations: BTreeMap::new(),
             edge_listeners: Vec::new(),
+            peer_metrics: PeerMetrics::default(),
+            resilience: None,
             updated_ms: 0,
         }
     }

@@ -216,3 +216,35 @@ async fn a_restarted_node_comes_back_from_its_cache_without_the_control_plane() 
     .await;
     fleet.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn critical_nodes_of_the_example_fleet_meet_their_resilience_targets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+    let report = fabric_schemas::manifest::load_path(&examples);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let mut fleet = LocalFleet::start(&report.objects, FleetOptions::new(dir.path().to_path_buf()))
+        .await
+        .expect("fleet starts");
+    let critical: Vec<String> = fleet
+        .members
+        .iter()
+        .filter(|m| m.spec.critical)
+        .map(|m| m.name.clone())
+        .collect();
+    assert_eq!(critical.len(), 4);
+    wait_for(
+        &fleet,
+        "critical nodes meet their targets",
+        Duration::from_secs(60),
+        |s| {
+            if critical.contains(&s.name) {
+                s.resilience.as_ref().is_some_and(|r| r.is_met())
+            } else {
+                s.resilience.is_none()
+            }
+        },
+    )
+    .await;
+    fleet.stop_all().await;
+}

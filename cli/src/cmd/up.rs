@@ -79,12 +79,21 @@ fn converged(s: &NodeStatus, total: usize) -> bool {
 
 fn table(statuses: &[NodeStatus], total: usize) -> String {
     let mut out = format!(
-        "{:<14} {:<8} {:<22} {:>9} {:<15} {:>5}\n",
-        "NODE", "AREA", "LISTEN", "DIRECTORY", "REGISTRY", "PEERS"
+        "{:<14} {:<8} {:<22} {:>9} {:<15} {:>5} {:>6} {:>9} {:>8} {:<10}\n",
+        "NODE",
+        "AREA",
+        "LISTEN",
+        "DIRECTORY",
+        "REGISTRY",
+        "PEERS",
+        "DIRECT",
+        "EXT-AREAS",
+        "RECOVERY",
+        "RESILIENCE"
     );
     for s in statuses {
         out.push_str(&format!(
-            "{:<14} {:<8} {:<22} {:>4}/{:<4} {:<15} {:>5}\n",
+            "{:<14} {:<8} {:<22} {:>4}/{:<4} {:<15} {:>5} {:>6} {:>9} {:>8} {:<10}\n",
             s.name,
             s.area,
             s.listen,
@@ -95,6 +104,14 @@ fn table(statuses: &[NodeStatus], total: usize) -> String {
                 .iter()
                 .filter(|(name, o)| **name != s.name && o.last_seen_ms.is_some())
                 .count(),
+            s.peer_metrics.direct_ready_count,
+            s.peer_metrics.external_area_ready_count,
+            s.peer_metrics.recovery_path_count,
+            match &s.resilience {
+                None => "-",
+                Some(r) if r.is_met() => "met",
+                Some(_) => "below",
+            },
         ));
     }
     out
