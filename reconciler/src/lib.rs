@@ -6,6 +6,7 @@
 //! and conditions back, registry signing, the update orchestrator and the fleet
 //! audit.
 
+pub mod api;
 pub mod audit;
 pub mod heartbeat;
 pub mod rollout;

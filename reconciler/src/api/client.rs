@@ -1,0 +1,254 @@
+//! A small Control API client (hyper, HTTP/1.1, one connection per request):
+//! what `fabricctl apply/get/audit` and the tests use.
+
+use std::fmt;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{header, Method, Request, StatusCode, Uri};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::apply::{ApplyBundle, ApplyOptions, ApplyResult, ManifestFile, BUNDLE_CONTENT_TYPE};
+use crate::audit::AuditReport;
+use crate::heartbeat::{HeartbeatBody, HeartbeatReply};
+use crate::store::StoredObject;
+
+/// A manifest error as the server reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct RemoteManifestError {
+    pub file: String,
+    #[serde(default)]
+    pub line: Option<usize>,
+    #[serde(default)]
+    pub column: Option<usize>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for RemoteManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+            if let Some(c) = self.column {
+                write!(f, ":{c}")?;
+            }
+        }
+        f.write_str(": ")?;
+        match (&self.kind, &self.name) {
+            (Some(k), Some(n)) => write!(f, "{k} {n:?}: ")?,
+            (Some(k), None) => write!(f, "{k}: ")?,
+            (None, Some(n)) => write!(f, "{n:?}: ")?,
+            (None, None) => {}
+        }
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RemoteError {
+    error: String,
+    #[serde(default)]
+    errors: Vec<RemoteManifestError>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad server URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot reach the Control API at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("{status}: {message}")]
+    Status {
+        status: StatusCode,
+        message: String,
+        /// File/field errors of a refused apply.
+        errors: Vec<RemoteManifestError>,
+    },
+    #[error("unexpected response from {url}: {reason}")]
+    Decode { url: String, reason: String },
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A Control API client.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    base: String,
+    token: Option<String>,
+}
+
+impl ApiClient {
+    /// `server` is `http://host:port` (a trailing `/` or `/api/v1` is accepted).
+    pub fn new(server: &str, token: Option<String>) -> Result<ApiClient, ClientError> {
+        let base = server
+            .trim_end_matches('/')
+            .trim_end_matches("/api/v1")
+            .to_owned();
+        let uri: Uri =
+            base.parse()
+                .map_err(|e: hyper::http::uri::InvalidUri| ClientError::Url {
+                    url: server.into(),
+                    reason: e.to_string(),
+                })?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(ClientError::Url {
+                url: server.into(),
+                reason: "expected http://HOST:PORT (put TLS in front with a proxy)".into(),
+            });
+        }
+        Ok(ApiClient {
+            base,
+            token: token.map(|t| t.trim().to_owned()),
+        })
+    }
+
+    pub async fn apply(
+        &self,
+        files: Vec<ManifestFile>,
+        opts: ApplyOptions,
+    ) -> Result<ApplyResult, ClientError> {
+        let path = format!("/api/v1/apply?dryRun={}&prune={}", opts.dry_run, opts.prune);
+        let body = serde_json::to_vec(&ApplyBundle { files }).map_err(|e| ClientError::Decode {
+            url: path.clone(),
+            reason: e.to_string(),
+        })?;
+        self.call(Method::POST, &path, Some((BUNDLE_CONTENT_TYPE, body)))
+            .await
+    }
+
+    /// Posts plain manifest text (one file).
+    pub async fn apply_text(
+        &self,
+        text: &str,
+        opts: ApplyOptions,
+    ) -> Result<ApplyResult, ClientError> {
+        let path = format!("/api/v1/apply?dryRun={}&prune={}", opts.dry_run, opts.prune);
+        self.call(
+            Method::POST,
+            &path,
+            Some(("application/yaml", text.as_bytes().to_vec())),
+        )
+        .await
+    }
+
+    pub async fn list(&self, kind: &str) -> Result<Vec<StoredObject>, ClientError> {
+        self.call(Method::GET, &format!("/api/v1/objects/{kind}"), None)
+            .await
+    }
+
+    pub async fn get(&self, kind: &str, name: &str) -> Result<StoredObject, ClientError> {
+        self.call(Method::GET, &format!("/api/v1/objects/{kind}/{name}"), None)
+            .await
+    }
+
+    pub async fn heartbeat(&self, body: &HeartbeatBody) -> Result<HeartbeatReply, ClientError> {
+        let json = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            url: "heartbeat".into(),
+            reason: e.to_string(),
+        })?;
+        self.call(
+            Method::POST,
+            "/api/v1/heartbeat",
+            Some(("application/json", json)),
+        )
+        .await
+    }
+
+    pub async fn audit(&self, freshness_ms: Option<i64>) -> Result<AuditReport, ClientError> {
+        let path = match freshness_ms {
+            Some(f) => format!("/api/v1/audit?freshnessMs={f}"),
+            None => "/api/v1/audit".to_owned(),
+        };
+        self.call(Method::GET, &path, None).await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| ClientError::Url {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let connect = |reason: String| ClientError::Connect {
+            url: self.base.clone(),
+            reason,
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| connect("no host".into()))?
+            .clone();
+        let stream =
+            tokio::net::TcpStream::connect((authority.host(), authority.port_u16().unwrap_or(80)))
+                .await
+                .map_err(|e| connect(e.to_string()))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| connect(e.to_string()))?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+            .header(header::HOST, authority.as_str());
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let (ctype, bytes) = body.unwrap_or(("application/json", Vec::new()));
+        let req = req
+            .header(header::CONTENT_TYPE, ctype)
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| ClientError::Url {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| connect(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            let (message, errors) = match serde_json::from_slice::<RemoteError>(&bytes) {
+                Ok(e) => (e.error, e.errors),
+                Err(_) => (String::from_utf8_lossy(&bytes).into_owned(), Vec::new()),
+            };
+            return Err(ClientError::Status {
+                status,
+                message,
+                errors,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url,
+            reason: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,727 @@
+//! The Control API: HTTP/JSON for operators on a `control-api-ingress` edge
+//! listener, the legacy heartbeat contract on a `compat-overlap` listener, and
+//! the fabric channel service `control` for nodes.
+//!
+//! | method | path | auth | what |
+//! |---|---|---|---|
+//! | POST | `/api/v1/apply[?dryRun=true][&prune=true]` | operator | validate + one atomic write |
+//! | GET | `/api/v1/objects/{kind}[/{name}]` | operator (or anonymous reads) | stored objects |
+//! | POST | `/api/v1/heartbeat` | operator | heartbeat intake |
+//! | GET | `/api/v1/audit[?freshnessMs=N]` | operator (or anonymous reads) | [`crate::audit`] |
+//!
+//! Only the compat listener serves `POST /api/v1/heartbeat` to legacy nodes
+//! (operator or compat token) and nothing else. Every heartbeat that arrives
+//! there is stamped `compat-overlap`, which the audit counts as a compat
+//! control dependency. The wire format and the rules are in `docs/control-api.md`.
+
+pub mod apply;
+pub mod client;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use fabric::edge::{EdgeError, EdgeInventory, EdgeListener, EdgeRole, EdgeTarget};
+use fabric::frame::Framed;
+use fabric::topology::NodeId;
+use fabric::transport::Transport;
+use fabric_schemas::kinds::{FabricNodeSpec, Kind, ServiceRecordSpec, UpdateIntentSpec};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::audit::{self, AuditConfig, AuditInput, AuditReport};
+use crate::heartbeat::{
+    ControlEndpoint, ControlRequest, HeartbeatBody, HeartbeatError, HeartbeatReply, IntakePath,
+    CONTROL_API_SERVICE, CONTROL_SERVICE, MAX_HEARTBEAT_BYTES,
+};
+use crate::store::{now_millis, Store, StoreError};
+
+pub use apply::{
+    apply, parse_kind, ApplyAction, ApplyBundle, ApplyError, ApplyItem, ApplyOptions, ApplyResult,
+    ManifestFile, BUNDLE_CONTENT_TYPE,
+};
+pub use client::{ApiClient, ClientError};
+
+/// Largest apply request body.
+pub const MAX_APPLY_BYTES: usize = 16 * 1024 * 1024;
+
+/// A bearer token (operator or compat). Compared in constant time, as
+/// SHA-256 digests so that not even the length leaks through timing.
+#[derive(Clone)]
+pub struct Token {
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Token {
+    pub fn new(secret: &str) -> Result<Token, ApiError> {
+        let secret = secret.trim();
+        if secret.len() < 16 {
+            return Err(ApiError::Token(
+                "a token must be at least 16 characters".into(),
+            ));
+        }
+        Ok(Token {
+            digest: Sha256::digest(secret.as_bytes()).into(),
+        })
+    }
+
+    /// Reads a token file (surrounding whitespace ignored).
+    pub fn from_file(path: &Path) -> Result<Token, ApiError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ApiError::Token(format!("reading {}: {e}", path.display())))?;
+        Token::new(&text).map_err(|e| ApiError::Token(format!("{}: {e}", path.display())))
+    }
+
+    /// Constant-time comparison with a presented secret.
+    pub fn matches(&self, presented: &str) -> bool {
+        let d: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        bool::from(self.digest.ct_eq(&d))
+    }
+}
+
+/// The legacy compat overlap listener (the seed's `19191`-style contract).
+#[derive(Clone, Debug)]
+pub struct CompatConfig {
+    /// Where to listen; the port is configuration, never a constant.
+    pub bind: SocketAddr,
+    /// Token legacy nodes present, besides the operator token.
+    pub token: Option<Token>,
+}
+
+/// Control API configuration.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub bind: SocketAddr,
+    pub operator_token: Token,
+    pub compat: Option<CompatConfig>,
+    /// Serve `GET` endpoints without a token.
+    pub anonymous_reads: bool,
+    pub audit: AuditConfig,
+}
+
+impl ApiConfig {
+    pub fn new(bind: SocketAddr, operator_token: Token) -> ApiConfig {
+        ApiConfig {
+            bind,
+            operator_token,
+            compat: None,
+            anonymous_reads: false,
+            audit: AuditConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("token: {0}")]
+    Token(String),
+    #[error(transparent)]
+    Edge(#[from] EdgeError),
+    #[error("listening on fabric service {service:?}: {reason}")]
+    Fabric { service: String, reason: String },
+}
+
+struct Shared {
+    store: Arc<dyn Store>,
+    inventory: EdgeInventory,
+    cfg: ApiConfig,
+}
+
+#[derive(Clone)]
+struct AppState {
+    shared: Arc<Shared>,
+    via: IntakePath,
+}
+
+/// A running Control API. Dropping it does not stop it; call [`ApiHandle::stop`].
+pub struct ApiHandle {
+    addr: SocketAddr,
+    compat_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ApiHandle {
+    /// The Control API ingress address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The compat overlap address, if one was configured.
+    pub fn compat_addr(&self) -> Option<SocketAddr> {
+        self.compat_addr
+    }
+
+    /// Stops every listener and waits for them (bounded).
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+/// Starts the Control API: the HTTP ingress, the compat listener if configured,
+/// and the `control` fabric service if a transport is given.
+pub async fn serve(
+    store: Arc<dyn Store>,
+    inventory: EdgeInventory,
+    cfg: ApiConfig,
+    transport: Option<Transport>,
+) -> Result<ApiHandle, ApiError> {
+    let shared = Arc::new(Shared {
+        store,
+        inventory: inventory.clone(),
+        cfg: cfg.clone(),
+    });
+    let (shutdown, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let listener = inventory
+        .bind(
+            EdgeRole::ControlApiIngress,
+            cfg.bind,
+            EdgeTarget::Local {
+                handler: "control-api".into(),
+            },
+        )
+        .await?;
+    let addr = listener.local_addr().map_err(|source| EdgeError::Bind {
+        role: EdgeRole::ControlApiIngress,
+        addr: cfg.bind,
+        source,
+    })?;
+    tasks.push(spawn_http(
+        listener,
+        operator_router(shared.clone()),
+        rx.clone(),
+    ));
+
+    let mut compat_addr = None;
+    if let Some(c) = &cfg.compat {
+        let listener = inventory
+            .bind(
+                EdgeRole::CompatOverlap,
+                c.bind,
+                EdgeTarget::Local {
+                    handler: "control-api-compat".into(),
+                },
+            )
+            .await?;
+        compat_addr = Some(listener.local_addr().map_err(|source| EdgeError::Bind {
+            role: EdgeRole::CompatOverlap,
+            addr: c.bind,
+            source,
+        })?);
+        tasks.push(spawn_http(
+            listener,
+            compat_router(shared.clone()),
+            rx.clone(),
+        ));
+    }
+
+    if let Some(t) = transport {
+        tasks.push(spawn_control_service(&t, shared.clone(), rx.clone())?);
+    }
+    Ok(ApiHandle {
+        addr,
+        compat_addr,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Adapts an inventory listener to axum's listener trait.
+struct EdgeAcceptor(EdgeListener);
+
+impl axum::serve::Listener for EdgeAcceptor {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            match self.0.accept().await {
+                Ok(c) => return c,
+                // Out of file descriptors and the like: back off instead of
+                // spinning, as axum's own TcpListener impl does.
+                Err(e) => {
+                    tracing::warn!(error = %e, "control api accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+fn spawn_http(
+    listener: EdgeListener,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let r = axum::serve(EdgeAcceptor(listener), router)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "control api server stopped");
+        }
+    })
+}
+
+fn operator_router(shared: Arc<Shared>) -> Router {
+    let state = AppState {
+        shared,
+        via: IntakePath::ControlApi,
+    };
+    Router::new()
+        .route("/api/v1/apply", post(apply_handler))
+        .route("/api/v1/objects/{kind}", get(list_handler))
+        .route("/api/v1/objects/{kind}/{name}", get(get_handler))
+        .route(
+            "/api/v1/heartbeat",
+            post(heartbeat_handler).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BYTES)),
+        )
+        .route("/api/v1/audit", get(audit_handler))
+        .layer(DefaultBodyLimit::max(MAX_APPLY_BYTES))
+        .with_state(state)
+}
+
+fn compat_router(shared: Arc<Shared>) -> Router {
+    let state = AppState {
+        shared,
+        via: IntakePath::CompatOverlap,
+    };
+    Router::new()
+        .route("/api/v1/heartbeat", post(heartbeat_handler))
+        .layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BYTES))
+        .with_state(state)
+}
+
+/// An error body: `{"error": "...", "errors": [...]}`.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<fabric_schemas::manifest::ManifestError>,
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: msg.into(),
+            errors: Vec::new(),
+        }),
+    )
+        .into_response()
+}
+
+fn store_err(e: StoreError) -> Response {
+    tracing::error!(error = %e, "store error in control api");
+    err(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}"))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// `Ok` if the request may write (`write`) or read.
+#[allow(clippy::result_large_err)]
+fn authorize(st: &AppState, headers: &HeaderMap, write: bool) -> Result<(), Response> {
+    let cfg = &st.shared.cfg;
+    if !write && cfg.anonymous_reads {
+        return Ok(());
+    }
+    let Some(presented) = bearer(headers) else {
+        return Err(unauthorized("missing bearer token"));
+    };
+    let compat_ok = st.via == IntakePath::CompatOverlap
+        && cfg
+            .compat
+            .as_ref()
+            .and_then(|c| c.token.as_ref())
+            .is_some_and(|t| t.matches(presented));
+    if cfg.operator_token.matches(presented) || compat_ok {
+        Ok(())
+    } else {
+        Err(unauthorized("token not accepted"))
+    }
+}
+
+fn unauthorized(msg: &str) -> Response {
+    let mut r = err(StatusCode::UNAUTHORIZED, msg);
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyQuery {
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    prune: bool,
+    /// File name for errors when the body is plain manifest text.
+    #[serde(default)]
+    file: Option<String>,
+}
+
+async fn apply_handler(
+    State(st): State<AppState>,
+    Query(q): Query<ApplyQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(&st, &headers, true) {
+        return r;
+    }
+    let is_bundle = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(BUNDLE_CONTENT_TYPE));
+    let files = if is_bundle {
+        match serde_json::from_slice::<ApplyBundle>(&body) {
+            Ok(b) => b.files,
+            Err(e) => return err(StatusCode::BAD_REQUEST, format!("apply bundle: {e}")),
+        }
+    } else {
+        match String::from_utf8(body.to_vec()) {
+            Ok(text) => vec![ManifestFile {
+                name: q.file.clone().unwrap_or_else(|| "request.yaml".into()),
+                text,
+            }],
+            Err(_) => return err(StatusCode::BAD_REQUEST, "manifest text is not UTF-8"),
+        }
+    };
+    let opts = ApplyOptions {
+        dry_run: q.dry_run,
+        prune: q.prune,
+    };
+    match apply(st.shared.store.as_ref(), &files, opts).await {
+        Ok(r) => {
+            tracing::info!(dry_run = r.dry_run, objects = r.items.len(), "apply");
+            Json(r).into_response()
+        }
+        Err(ApplyError::Invalid(errors)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(ErrorBody {
+                error: format!("{} manifest error(s); nothing was applied", errors.len()),
+                errors,
+            }),
+        )
+            .into_response(),
+        Err(ApplyError::Store(e)) if e.is_conflict() => err(
+            StatusCode::CONFLICT,
+            format!("{e}; nothing was applied, retry"),
+        ),
+        Err(ApplyError::Store(e)) => store_err(e),
+    }
+}
+
+async fn list_handler(
+    State(st): State<AppState>,
+    UrlPath(kind): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&st, &headers, false) {
+        return r;
+    }
+    let Some(kind) = parse_kind(&kind) else {
+        return err(StatusCode::NOT_FOUND, format!("unknown kind {kind:?}"));
+    };
+    match st.shared.store.list_objects(kind).await {
+        Ok(objs) => Json(objs).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn get_handler(
+    State(st): State<AppState>,
+    UrlPath((kind, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&st, &headers, false) {
+        return r;
+    }
+    let Some(kind) = parse_kind(&kind) else {
+        return err(StatusCode::NOT_FOUND, format!("unknown kind {kind:?}"));
+    };
+    match st.shared.store.get_object(kind, &name).await {
+        Ok(Some(o)) => Json(o).into_response(),
+        Ok(None) => err(StatusCode::NOT_FOUND, format!("{kind} {name:?} not found")),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn heartbeat_handler(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(&st, &headers, true) {
+        return r;
+    }
+    let hb: HeartbeatBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("heartbeat: {e}")),
+    };
+    match intake(&st.shared, hb, st.via, None).await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(IntakeError::Refused(e)) => err(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(IntakeError::Store(e)) => store_err(e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditQuery {
+    freshness_ms: Option<i64>,
+}
+
+async fn audit_handler(
+    State(st): State<AppState>,
+    Query(q): Query<AuditQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&st, &headers, false) {
+        return r;
+    }
+    let mut cfg = st.shared.cfg.audit;
+    if let Some(f) = q.freshness_ms {
+        cfg.freshness_ms = f.max(0);
+    }
+    match run_audit(
+        st.shared.store.as_ref(),
+        &st.shared.inventory,
+        cfg,
+        now_millis(),
+    )
+    .await
+    {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+/// Loads the audit's inputs from the store and computes it.
+pub async fn run_audit(
+    store: &dyn Store,
+    inventory: &EdgeInventory,
+    cfg: AuditConfig,
+    now_ms: i64,
+) -> Result<AuditReport, StoreError> {
+    let heartbeats = store.list_heartbeats().await?;
+    let nodes = store.list_objects(Kind::FabricNode).await?;
+    // The process-wide listener audit also finds sockets nobody registered.
+    let listeners = inventory.audit().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "listener audit failed; reporting registered listeners only");
+        inventory.entries()
+    });
+    Ok(audit::compute(AuditInput {
+        now_ms,
+        heartbeats: &heartbeats,
+        nodes: &nodes,
+        control_plane_listeners: &listeners,
+        config: cfg,
+    }))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum IntakeError {
+    #[error(transparent)]
+    Refused(#[from] HeartbeatError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Validates, stamps and stores one heartbeat and builds the reply.
+/// `sender` is the verified `NodeId` of a fabric channel's peer.
+async fn intake(
+    shared: &Shared,
+    mut hb: HeartbeatBody,
+    via: IntakePath,
+    sender: Option<NodeId>,
+) -> Result<HeartbeatReply, IntakeError> {
+    hb.validate()?;
+    if let Some(peer) = sender {
+        if hb.node_id != peer.to_string() {
+            return Err(HeartbeatError::WrongSender {
+                claimed: hb.node_id.clone(),
+                presented: peer.to_string(),
+            }
+            .into());
+        }
+    }
+    let node_obj = shared.store.get_object(Kind::FabricNode, &hb.node).await?;
+    let node_spec = node_obj
+        .as_ref()
+        .and_then(|o| serde_json::from_value::<FabricNodeSpec>(o.spec.clone()).ok());
+    if let Some(expected) = node_spec.as_ref().and_then(|s| s.node_id.clone()) {
+        if !expected.eq_ignore_ascii_case(&hb.node_id) {
+            return Err(HeartbeatError::NodeIdMismatch {
+                node: hb.node.clone(),
+                claimed: hb.node_id.clone(),
+                expected,
+            }
+            .into());
+        }
+    }
+    hb.received_via = Some(via);
+    let node = hb.node.clone();
+    let body = serde_json::to_value(&hb).map_err(|e| StoreError::Invalid {
+        what: format!("heartbeat of {node:?}"),
+        reason: e.to_string(),
+    })?;
+    shared
+        .store
+        .record_heartbeat(&node, body, now_millis())
+        .await?;
+    Ok(HeartbeatReply {
+        accepted: true,
+        update_hints: update_hints(shared.store.as_ref(), &node, node_spec.as_ref()).await?,
+        control_endpoints: canonical_endpoints(shared.store.as_ref())
+            .await?
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect(),
+        error: None,
+    })
+}
+
+/// The newest `UpdateIntent` generation per component that targets `node`.
+async fn update_hints(
+    store: &dyn Store,
+    node: &str,
+    spec: Option<&FabricNodeSpec>,
+) -> Result<BTreeMap<String, i64>, StoreError> {
+    let mut hints = BTreeMap::new();
+    let Some(spec) = spec else {
+        return Ok(hints);
+    };
+    for o in store.list_objects(Kind::UpdateIntent).await? {
+        let Ok(intent) = serde_json::from_value::<UpdateIntentSpec>(o.spec.clone()) else {
+            continue;
+        };
+        if intent.target.matches(node, spec) {
+            let e = hints
+                .entry(intent.component.as_str().to_owned())
+                .or_insert(0);
+            *e = (*e).max(o.generation());
+        }
+    }
+    Ok(hints)
+}
+
+/// `fabric://<node-id>/control` of every `control-api` provider with a key.
+pub async fn canonical_endpoints(store: &dyn Store) -> Result<Vec<ControlEndpoint>, StoreError> {
+    let mut out = Vec::new();
+    for svc in store.list_objects(Kind::ServiceRecord).await? {
+        let Ok(s) = serde_json::from_value::<ServiceRecordSpec>(svc.spec.clone()) else {
+            continue;
+        };
+        if s.service != CONTROL_API_SERVICE {
+            continue;
+        }
+        for p in &s.providers {
+            let Some(o) = store.get_object(Kind::FabricNode, p).await? else {
+                continue;
+            };
+            let id = serde_json::from_value::<FabricNodeSpec>(o.spec.clone())
+                .ok()
+                .and_then(|n| n.node_id)
+                .and_then(|id| id.parse::<NodeId>().ok());
+            if let Some(id) = id {
+                let ep = ControlEndpoint::fabric(id);
+                if !out.contains(&ep) {
+                    out.push(ep);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Serves heartbeats on the fabric service `control`: framed JSON requests
+/// and replies, many per channel (the node's control session).
+fn spawn_control_service(
+    transport: &Transport,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, ApiError> {
+    let mut listener = transport
+        .listen(CONTROL_SERVICE)
+        .map_err(|e| ApiError::Fabric {
+            service: CONTROL_SERVICE.into(),
+            reason: e.to_string(),
+        })?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let ch = tokio::select! {
+                ch = listener.accept() => ch,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            let Some(ch) = ch else { return };
+            let shared = shared.clone();
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                let peer = ch.peer();
+                let mut framed = Framed::with_max_frame(ch, MAX_HEARTBEAT_BYTES);
+                loop {
+                    let req = tokio::select! {
+                        r = framed.recv::<ControlRequest>() => r,
+                        _ = stop.wait_for(|s| *s) => return,
+                    };
+                    let reply = match req {
+                        Ok(ControlRequest::Heartbeat(hb)) => {
+                            match intake(&shared, *hb, IntakePath::Fabric, Some(peer)).await {
+                                Ok(r) => r,
+                                Err(e) => HeartbeatReply {
+                                    accepted: false,
+                                    error: Some(e.to_string()),
+                                    ..HeartbeatReply::default()
+                                },
+                            }
+                        }
+                        // Closed or garbage: end this session; the node reconnects.
+                        Err(e) => {
+                            tracing::debug!(peer = %peer.short(), error = %e, "control session ended");
+                            return;
+                        }
+                    };
+                    if framed.send(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }))
+}
