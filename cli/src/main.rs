@@ -32,6 +32,9 @@ enum Command {
     Sign(cmd::sign::Args),
     /// Check envelopes against a trust root, as a node would.
     Verify(cmd::verify::Args),
+    /// Control a rollout: pause, resume, abort, status.
+    #[command(subcommand)]
+    Rollout(cmd::rollout::Command),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Keys(c) => cmd::keys::run(c),
         Command::Sign(a) => cmd::sign::run(a),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Rollout(c) => cmd::rollout::run(c),
     };
     match result {
         Ok(code) => code,

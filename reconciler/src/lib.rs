@@ -9,6 +9,7 @@
 pub mod api;
 pub mod audit;
 pub mod heartbeat;
+pub mod orchestrator;
 pub mod rollout;
 
 pub mod store;

@@ -1,5 +1,6 @@
 pub mod crds;
 pub mod keys;
+pub mod rollout;
 pub mod sign;
 pub mod up;
 pub mod validate;

@@ -1,0 +1,62 @@
+//! The update orchestrator's driver (seed P5, issue 7 parts 3-5): the I/O
+//! half around the sans-IO planner in [`crate::rollout`].
+//!
+//! - [`Orchestrator::tick`] loads every `UpdateIntent`, its `RolloutPolicy`,
+//!   the fleet, heartbeats, leases and rollout state from a [`Store`], plans
+//!   all rollouts together, signs the leases it grants (orchestrator key, plus
+//!   recovery-admin only under an explicit override) and writes leases, lease
+//!   records, rollout state, intent status and events in one atomic batch.
+//!   State lives only in the store: a restarted driver continues exactly
+//!   where it was, and lease ids are deterministic.
+//! - [`control`]: pause / resume / abort / status as compare-and-set store
+//!   operations on the rollout state.
+//! - The compat bridge: nodes whose heartbeat says they cannot take leases
+//!   are driven through the compat path one at a time ([`BridgeAction`]),
+//!   with [`TickReport::bridge_hold_required`] when one needs an operator.
+//!
+//! Design and field reference: `docs/orchestrator.md`, "Driver, durability
+//! and control".
+//!
+//! [`Store`]: crate::store::Store
+
+mod bridge;
+pub mod control;
+mod driver;
+pub mod live;
+mod state;
+
+pub use control::{ConditionView, LeaseView, RolloutView};
+pub use driver::{
+    LeaseBody, LeaseReport, Orchestrator, OrchestratorConfig, OrchestratorKeys, RolloutReport,
+    SkippedIntent, TickReport,
+};
+pub use state::{BridgeAction, BridgeState, BridgeStatus, ExtraCondition, RolloutDoc};
+
+use crate::rollout::PlanError;
+use crate::store::StoreError;
+
+/// What can go wrong driving rollouts.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("UpdateIntent {0:?} not found")]
+    IntentNotFound(String),
+    #[error("rollout {intent:?}: stored state is unreadable: {reason}")]
+    BadState { intent: String, reason: String },
+    #[error("signing lease {lease_id}: {reason}")]
+    Sign { lease_id: String, reason: String },
+    #[error("encoding {what}: {reason}")]
+    Encode { what: String, reason: String },
+    #[error("planning: {0}")]
+    Plan(#[from] PlanError),
+}
+
+impl OrchestratorError {
+    /// A concurrent writer won a compare-and-set: re-read and retry.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, OrchestratorError::Store(e) if e.is_conflict())
+    }
+}
+
+pub type Result<T, E = OrchestratorError> = std::result::Result<T, E>;
