@@ -32,6 +32,12 @@ enum Command {
     Sign(cmd::sign::Args),
     /// Check envelopes against a trust root, as a node would.
     Verify(cmd::verify::Args),
+    /// Apply manifests through the Control API (server-side validation; atomic).
+    Apply(cmd::apply::Args),
+    /// Show stored objects from the Control API.
+    Get(cmd::get::Args),
+    /// The fleet audit: compat dependency, registry, updater, resilience, TCP edges, acceptance criteria.
+    Audit(cmd::audit::Args),
     /// Control a rollout: pause, resume, abort, status.
     #[command(subcommand)]
     Rollout(cmd::rollout::Command),
@@ -54,6 +60,9 @@ fn main() -> ExitCode {
         Command::Keys(c) => cmd::keys::run(c),
         Command::Sign(a) => cmd::sign::run(a),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Apply(a) => cmd::apply::run(a),
+        Command::Get(a) => cmd::get::run(a),
+        Command::Audit(a) => cmd::audit::run(a),
         Command::Rollout(c) => cmd::rollout::run(c),
     };
     match result {

@@ -147,7 +147,7 @@ fn noop_config_rewrite_still_moves_a_stale_compat_session_to_the_canonical_endpo
         .session_config(path)
         .expect("session config");
     // The rewrite: the same bytes written again, read back as a new buffer.
-    let rewritten_bytes: Vec<u8> = bytes.iter().copied().collect();
+    let rewritten_bytes = bytes.to_vec();
     let rewritten = serde_json::from_slice::<ControlConfigFile>(&rewritten_bytes)
         .expect("config")
         .session_config(path)

@@ -1,4 +1,7 @@
+pub mod apply;
+pub mod audit;
 pub mod crds;
+pub mod get;
 pub mod keys;
 pub mod rollout;
 pub mod sign;
