@@ -17,3 +17,6 @@ pub mod store;
 pub mod runtime;
 
 pub mod source;
+
+pub mod controller;
+pub mod publish;
