@@ -190,17 +190,9 @@ fn main() {
         if std::env::var_os("FABRIC_BENCH_STATS").is_some() {
             eprintln!(
                 "inner C->B: {:#?}",
-                c.connection_stats(idb.node_id())
-                    .map(|s| (s.path, s.frame_tx.datagram))
+                c.connection_stats(idb.node_id()).map(|s| s.path)
             );
-            eprintln!(
-                "outer C->R: {:#?}",
-                c.connection_stats(idr.node_id()).map(|s| (
-                    s.path,
-                    s.frame_tx.datagram,
-                    s.frame_rx.datagram
-                ))
-            );
+            eprintln!("relay R data path: {:#?}", r.relay_stats());
             eprintln!(
                 "direct A->B: {:#?}",
                 a.connection_stats(idb.node_id()).map(|s| s.path)

@@ -2,22 +2,43 @@
 //! between two nodes that cannot reach each other directly.
 //!
 //! The relay never terminates the inner connection. A and B run an ordinary
-//! mutually-authenticated QUIC connection whose UDP packets travel as QUIC
-//! datagrams on the A<->R and R<->B connections, each prefixed with a small
-//! [`TunnelHeader`]. R moves opaque, already-encrypted packets from one connection
-//! to the other by tunnel id; it holds no key of the inner session, so it can
+//! mutually-authenticated QUIC connection; its UDP packets travel as plain UDP
+//! datagrams A -> R -> B (and back), each prefixed with a [`RelayHeader`] that
+//! carries a relay-issued token. R moves opaque, already-encrypted packets from
+//! one leg to the other by token; it holds no key of the inner session, so it can
 //! neither read nor alter the payload undetected (a flipped bit fails B's AEAD
 //! check and the packet is dropped).
 //!
+//! Why plain UDP and not QUIC datagrams on the A<->R and R<->B connections: the
+//! inner connection already provides confidentiality, integrity and
+//! authentication end to end. Wrapping it again costs four extra AEAD operations
+//! per packet (encrypt at A, decrypt + encrypt at R, decrypt at B) and buys only
+//! the hiding of traffic metadata between an endpoint and the relay, which the
+//! relay sees anyway. Control (asking for, offering and tearing down tunnels) stays
+//! on the authenticated A<->R and R<->B connections; only the data path is plain.
+//!
+//! Tokens are 128-bit random values, one per leg (A's leg, B's leg), issued by R
+//! over the authenticated control streams, bound to the address R sees the leg's
+//! node at, and deleted with the tunnel. R drops packets with an unknown token or
+//! from the wrong address, and rate-limits each tunnel.
+//!
+//! Demultiplexing against QUIC on the node's one UDP socket follows RFC 9443: a
+//! QUIC packet always has the fixed bit (0x40) set in its first byte, because
+//! every fabric endpoint disables QUIC-bit greasing (so no peer may clear it), and
+//! long headers also set 0x80. Relay packets start with a byte below 0x40.
+//!
 //! Control: A opens the reserved service [`RELAY_SERVICE`] on R and asks for B;
-//! R opens [`RELAY_ACCEPT_SERVICE`] on B and offers a tunnel id; both control
+//! R opens [`RELAY_ACCEPT_SERVICE`] on B and offers B's token; both control
 //! streams stay open for the tunnel's lifetime, and closing either tears it down.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::BytesMut;
+use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use crate::topology::NodeId;
@@ -29,47 +50,72 @@ pub(crate) const RELAY_ACCEPT_SERVICE: &str = "fabric.relay.accept";
 /// Control messages are tiny; anything bigger is an attack or a bug.
 pub(crate) const CONTROL_MAX_FRAME: usize = 4096;
 
-/// Direction of a tunnel datagram on an outer connection. Keeping the two
-/// directions apart lets one connection carry tunnels where either side is the
-/// relay without id collisions.
+/// A relay-issued tunnel token: 128 random bits, so it cannot be guessed.
+pub(crate) type Token = [u8; 16];
+
+/// A fresh token from the OS random generator.
+pub(crate) fn new_token() -> Token {
+    let mut t = [0u8; 16];
+    OsRng.fill_bytes(&mut t);
+    t
+}
+
+pub(crate) fn token_to_hex(t: &Token) -> String {
+    hex::encode(t)
+}
+
+/// Parses a token from a control message; `None` if it is not 32 hex digits.
+pub(crate) fn token_from_hex(s: &str) -> Option<Token> {
+    let bytes = hex::decode(s).ok()?;
+    bytes.try_into().ok()
+}
+
+/// Whether a UDP datagram on the node's socket is a relay packet rather than
+/// QUIC: relay packets start below 0x40, QUIC packets never do (see module docs).
+pub(crate) fn is_relay_packet(first_byte: u8) -> bool {
+    first_byte < 0x40
+}
+
+/// Direction of a relay packet. Both values are below 0x40 (see
+/// [`is_relay_packet`]). Keeping the directions apart means a node that is both
+/// a relay and a tunnel endpoint never confuses the two tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub(crate) enum TunnelKind {
+pub(crate) enum RelayKind {
     /// Sent by a tunnel endpoint to the relay.
-    ToRelay = 0,
+    ToRelay = 0x01,
     /// Sent by the relay to a tunnel endpoint.
-    FromRelay = 1,
+    FromRelay = 0x02,
 }
 
-/// `u8 kind | u64 tunnel id (big endian)` before every tunnelled packet.
+/// `u8 kind | [u8; 16] token` before every relayed packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TunnelHeader {
-    pub kind: TunnelKind,
-    pub tunnel: u64,
+pub(crate) struct RelayHeader {
+    pub kind: RelayKind,
+    pub token: Token,
 }
 
-impl TunnelHeader {
-    pub(crate) const LEN: usize = 9;
+impl RelayHeader {
+    pub(crate) const LEN: usize = 17;
 
-    pub(crate) fn write(&self, out: &mut BytesMut) {
-        out.put_u8(self.kind as u8);
-        out.put_u64(self.tunnel);
+    pub(crate) fn write_to(&self, out: &mut [u8]) {
+        out[0] = self.kind as u8;
+        out[1..Self::LEN].copy_from_slice(&self.token);
     }
 
-    /// Parses a header; `None` for anything malformed (dropped by the caller).
-    pub(crate) fn parse(mut data: &[u8]) -> Option<Self> {
-        if data.len() < Self::LEN {
+    /// Parses the header of a relay packet. `None` for anything malformed: too
+    /// short to carry a header plus at least one byte, or an unknown kind.
+    pub(crate) fn parse(data: &[u8]) -> Option<Self> {
+        if data.len() <= Self::LEN {
             return None;
         }
-        let kind = match data.get_u8() {
-            0 => TunnelKind::ToRelay,
-            1 => TunnelKind::FromRelay,
+        let kind = match data[0] {
+            0x01 => RelayKind::ToRelay,
+            0x02 => RelayKind::FromRelay,
             _ => return None,
         };
-        Some(Self {
-            kind,
-            tunnel: data.get_u64(),
-        })
+        let token = data[1..Self::LEN].try_into().ok()?;
+        Some(Self { kind, token })
     }
 }
 
@@ -88,13 +134,20 @@ pub(crate) enum RelayRequest {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "result")]
 pub(crate) enum RelayResponse {
-    Ok { tunnel: u64 },
-    Refused { reason: String },
+    /// `token` (hex) goes in front of every packet the initiator sends to the
+    /// relay's UDP address, and arrives in front of every packet back.
+    Ok {
+        token: String,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct TunnelOffer {
-    pub tunnel: u64,
+    /// The target's token (hex) for this tunnel.
+    pub token: String,
     /// Who asked for the tunnel, as the relay saw it. Informational only: the
     /// target authenticates the initiator end-to-end in the inner handshake.
     pub from: NodeId,
@@ -107,87 +160,243 @@ pub(crate) enum OfferResponse {
     Refused { reason: String },
 }
 
-#[derive(Clone, Debug)]
-struct Forward {
-    to: quinn::Connection,
-    tunnel: u64,
-    from_node: NodeId,
-    to_node: NodeId,
+/// Counters of the relay data path on one node (as relay and as tunnel endpoint).
+/// Every relay packet is counted exactly once: forwarded, delivered or dropped
+/// with a reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RelayStats {
+    /// Packets this node forwarded as a relay.
+    pub forwarded_packets: u64,
+    /// Payload bytes (without relay headers) this node forwarded as a relay.
+    pub forwarded_bytes: u64,
+    /// Tunnel packets delivered to this node's own endpoint (tunnel endpoint role).
+    pub delivered_packets: u64,
+    /// Dropped: the token belongs to no live tunnel (forged, guessed or expired).
+    pub dropped_unknown_token: u64,
+    /// Dropped: valid token, but not from the address it is bound to (e.g. a
+    /// packet replayed from another tunnel's endpoint).
+    pub dropped_wrong_source: u64,
+    /// Dropped by the per-tunnel rate limit.
+    pub dropped_rate_limited: u64,
+    /// Dropped: below 0x40 but not a well-formed relay packet.
+    pub dropped_malformed: u64,
+    /// Dropped: the onward send or the hand-over to the endpoint failed.
+    pub dropped_send_failed: u64,
 }
 
-/// The relay's forwarding table: (incoming connection, tunnel id) -> where to send.
 #[derive(Debug, Default)]
+pub(crate) struct RelayCounters {
+    pub forwarded_packets: AtomicU64,
+    pub forwarded_bytes: AtomicU64,
+    pub delivered_packets: AtomicU64,
+    pub unknown_token: AtomicU64,
+    pub wrong_source: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub malformed: AtomicU64,
+    pub send_failed: AtomicU64,
+}
+
+impl RelayCounters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> RelayStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RelayStats {
+            forwarded_packets: g(&self.forwarded_packets),
+            forwarded_bytes: g(&self.forwarded_bytes),
+            delivered_packets: g(&self.delivered_packets),
+            dropped_unknown_token: g(&self.unknown_token),
+            dropped_wrong_source: g(&self.wrong_source),
+            dropped_rate_limited: g(&self.rate_limited),
+            dropped_malformed: g(&self.malformed),
+            dropped_send_failed: g(&self.send_failed),
+        }
+    }
+}
+
+/// Token bucket in bytes, shared by both directions of a tunnel.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u64, burst: u64) -> Self {
+        Self {
+            rate: rate as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: Instant::now(),
+        }
+    }
+
+    /// How many of `n` packets of `size` bytes (the last one `last_size`) may
+    /// pass now; consumes their bytes.
+    fn admit(&mut self, n: usize, size: usize, last_size: usize) -> usize {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        let mut admitted = 0;
+        while admitted < n {
+            let cost = if admitted + 1 == n { last_size } else { size } as f64;
+            if self.tokens < cost {
+                break;
+            }
+            self.tokens -= cost;
+            admitted += 1;
+        }
+        admitted
+    }
+}
+
+/// Per-tunnel rate limit of a relay.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RateLimit {
+    pub bytes_per_sec: u64,
+    pub burst_bytes: u64,
+}
+
+/// One side of a tunnel as the relay sees it, when setting it up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LegEnd {
+    pub node: NodeId,
+    pub token: Token,
+    /// The address the relay sees this node at (its outer connection's remote).
+    pub addr: SocketAddr,
+    /// The relay's local IP on that outer connection, so replies leave from the
+    /// address the node talks to.
+    pub local_ip: Option<IpAddr>,
+    /// Stable id of the relay's outer connection to this node (cleanup).
+    pub conn: usize,
+}
+
+/// Where packets carrying one leg's token go.
+#[derive(Debug, Clone)]
+struct Leg {
+    from: LegEnd,
+    to: LegEnd,
+    limit: Option<Arc<Mutex<Bucket>>>,
+}
+
+/// Where the relay sends an admitted batch of packets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hop {
+    pub from_node: NodeId,
+    pub to_node: NodeId,
+    pub token: Token,
+    pub addr: SocketAddr,
+    pub local_ip: Option<IpAddr>,
+    /// How many packets of the batch the rate limit lets through (a prefix).
+    pub admitted: usize,
+}
+
+/// Why the relay refuses a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    UnknownToken,
+    WrongSource,
+}
+
+/// The relay's forwarding table: token -> the leg it belongs to.
+#[derive(Default)]
 pub(crate) struct ForwardTable {
-    map: RwLock<HashMap<(usize, u64), Forward>>,
-    next_id: AtomicU64,
+    map: RwLock<HashMap<Token, Leg>>,
+    tap: RwLock<Option<Arc<dyn RelayTap>>>,
+}
+
+impl std::fmt::Debug for ForwardTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardTable")
+            .field("tunnels", &self.tunnels())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ForwardTable {
-    pub(crate) fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Number of active tunnels (each has two directions).
+    /// Number of active tunnels (each has two legs).
     pub(crate) fn tunnels(&self) -> usize {
         self.map.read().map(|m| m.len() / 2).unwrap_or(0)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn insert_pair(
-        &self,
-        a: &quinn::Connection,
-        a_tunnel: u64,
-        a_node: NodeId,
-        b: &quinn::Connection,
-        b_tunnel: u64,
-        b_node: NodeId,
-    ) {
+    pub(crate) fn contains(&self, token: &Token) -> bool {
+        self.map.read().is_ok_and(|m| m.contains_key(token))
+    }
+
+    pub(crate) fn set_tap(&self, tap: Option<Arc<dyn RelayTap>>) {
+        if let Ok(mut t) = self.tap.write() {
+            *t = tap;
+        }
+    }
+
+    pub(crate) fn tap(&self) -> Option<Arc<dyn RelayTap>> {
+        self.tap.read().ok()?.clone()
+    }
+
+    pub(crate) fn insert_pair(&self, a: LegEnd, b: LegEnd, limit: Option<RateLimit>) {
+        let limit =
+            limit.map(|l| Arc::new(Mutex::new(Bucket::new(l.bytes_per_sec, l.burst_bytes))));
         if let Ok(mut m) = self.map.write() {
             m.insert(
-                (a.stable_id(), a_tunnel),
-                Forward {
-                    to: b.clone(),
-                    tunnel: b_tunnel,
-                    from_node: a_node,
-                    to_node: b_node,
+                a.token,
+                Leg {
+                    from: a,
+                    to: b,
+                    limit: limit.clone(),
                 },
             );
             m.insert(
-                (b.stable_id(), b_tunnel),
-                Forward {
-                    to: a.clone(),
-                    tunnel: a_tunnel,
-                    from_node: b_node,
-                    to_node: a_node,
+                b.token,
+                Leg {
+                    from: b,
+                    to: a,
+                    limit,
                 },
             );
         }
     }
 
-    pub(crate) fn remove_pair(
-        &self,
-        a: &quinn::Connection,
-        a_tunnel: u64,
-        b: &quinn::Connection,
-        b_tunnel: u64,
-    ) {
+    /// Re-binds both legs to the addresses the relay currently sees the nodes at
+    /// (QUIC follows a NAT rebinding on the outer connection; the tunnel follows
+    /// the outer connection).
+    pub(crate) fn refresh(&self, a: &Token, a_addr: SocketAddr, b: &Token, b_addr: SocketAddr) {
+        let stale = self.map.read().is_ok_and(|m| {
+            m.get(a).is_some_and(|l| l.from.addr != a_addr)
+                || m.get(b).is_some_and(|l| l.from.addr != b_addr)
+        });
+        if !stale {
+            return;
+        }
         if let Ok(mut m) = self.map.write() {
-            m.remove(&(a.stable_id(), a_tunnel));
-            m.remove(&(b.stable_id(), b_tunnel));
+            for (mine, theirs, mine_addr, theirs_addr) in
+                [(a, b, a_addr, b_addr), (b, a, b_addr, a_addr)]
+            {
+                if let Some(l) = m.get_mut(mine) {
+                    if l.to.token == *theirs {
+                        l.from.addr = mine_addr;
+                        l.to.addr = theirs_addr;
+                    }
+                }
+            }
         }
     }
 
-    /// Drops every entry touching a closed connection.
+    pub(crate) fn remove_pair(&self, a: &Token, b: &Token) {
+        if let Ok(mut m) = self.map.write() {
+            m.remove(a);
+            m.remove(b);
+        }
+    }
+
+    /// Drops every leg touching a closed outer connection.
     pub(crate) fn remove_conn(&self, conn: usize) {
         if let Ok(mut m) = self.map.write() {
-            let to_drop: Vec<(usize, u64)> = m
-                .iter()
-                .filter(|(k, f)| k.0 == conn || f.to.stable_id() == conn)
-                .map(|(k, _)| *k)
-                .collect();
-            for k in to_drop {
-                m.remove(&k);
-            }
+            m.retain(|_, l| l.from.conn != conn && l.to.conn != conn);
         }
     }
 
@@ -197,41 +406,37 @@ impl ForwardTable {
         }
     }
 
-    /// Forwards one tunnel packet. Returns false for unknown tunnels.
-    pub(crate) fn forward(
+    /// Decides where a batch of `n` packets with `token` from `src` goes and how
+    /// many of them the tunnel's rate limit admits. `size` is the payload size of
+    /// each packet but the last, `last_size` that of the last one.
+    pub(crate) fn route(
         &self,
-        from_conn: usize,
-        tunnel: u64,
-        payload: &[u8],
-        tap: Option<&Arc<dyn RelayTap>>,
-    ) -> bool {
-        let Some(fwd) = self
-            .map
-            .read()
-            .ok()
-            .and_then(|m| m.get(&(from_conn, tunnel)).cloned())
-        else {
-            return false;
+        token: &Token,
+        src: SocketAddr,
+        n: usize,
+        size: usize,
+        last_size: usize,
+    ) -> Result<Hop, Refusal> {
+        let map = self.map.read().map_err(|_| Refusal::UnknownToken)?;
+        let leg = map.get(token).ok_or(Refusal::UnknownToken)?;
+        if leg.from.addr != src {
+            return Err(Refusal::WrongSource);
+        }
+        let admitted = match &leg.limit {
+            Some(bucket) => bucket
+                .lock()
+                .map(|mut b| b.admit(n, size, last_size))
+                .unwrap_or(0),
+            None => n,
         };
-        let mut out = BytesMut::with_capacity(TunnelHeader::LEN + payload.len());
-        TunnelHeader {
-            kind: TunnelKind::FromRelay,
-            tunnel: fwd.tunnel,
-        }
-        .write(&mut out);
-        out.put_slice(payload);
-        if let Some(tap) = tap {
-            let mut body = out.split_off(TunnelHeader::LEN);
-            tap.on_forward(fwd.from_node, fwd.to_node, &mut body);
-            out.unsplit(body);
-        }
-        let out: Bytes = out.freeze();
-        if let Err(e) = fwd.to.send_datagram(out) {
-            // Same semantics as a router: a packet that cannot go on is dropped and
-            // the end-to-end connection's loss recovery deals with it.
-            tracing::trace!(to = %fwd.to_node.short(), error = %e, "relay dropped a packet");
-        }
-        true
+        Ok(Hop {
+            from_node: leg.from.node,
+            to_node: leg.to.node,
+            token: leg.to.token,
+            addr: leg.to.addr,
+            local_ip: leg.to.local_ip,
+            admitted,
+        })
     }
 }
 
@@ -241,16 +446,80 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_garbage() {
-        let mut buf = BytesMut::new();
-        let h = TunnelHeader {
-            kind: TunnelKind::FromRelay,
-            tunnel: 0xdead_beef,
+        let h = RelayHeader {
+            kind: RelayKind::FromRelay,
+            token: new_token(),
         };
-        h.write(&mut buf);
-        assert_eq!(TunnelHeader::parse(&buf), Some(h));
-        assert_eq!(TunnelHeader::parse(&buf[..5]), None);
-        let mut bad = buf.to_vec();
-        bad[0] = 7;
-        assert_eq!(TunnelHeader::parse(&bad), None);
+        let mut buf = [0u8; RelayHeader::LEN + 1];
+        h.write_to(&mut buf);
+        assert!(is_relay_packet(buf[0]));
+        assert_eq!(RelayHeader::parse(&buf), Some(h));
+        // A header alone carries no packet.
+        assert_eq!(RelayHeader::parse(&buf[..RelayHeader::LEN]), None);
+        assert_eq!(RelayHeader::parse(&buf[..5]), None);
+        let mut bad = buf;
+        bad[0] = 0x07;
+        assert_eq!(RelayHeader::parse(&bad), None);
+        // QUIC short and long headers are never taken for relay packets.
+        assert!(!is_relay_packet(0x40));
+        assert!(!is_relay_packet(0xc0));
+    }
+
+    #[test]
+    fn tokens_are_random_and_round_trip_as_hex() {
+        let a = new_token();
+        assert_ne!(a, new_token());
+        assert_eq!(token_from_hex(&token_to_hex(&a)), Some(a));
+        assert_eq!(token_from_hex("abcd"), None);
+        assert_eq!(token_from_hex("zz"), None);
+    }
+
+    #[test]
+    fn route_checks_token_and_source_and_rate_limits() {
+        let table = ForwardTable::default();
+        let ids: Vec<NodeId> = (0..2)
+            .map(|_| crate::identity::NodeIdentity::generate().node_id())
+            .collect();
+        let a = LegEnd {
+            node: ids[0],
+            token: new_token(),
+            addr: "127.0.0.1:1000".parse().expect("addr"),
+            local_ip: None,
+            conn: 1,
+        };
+        let b = LegEnd {
+            node: ids[1],
+            token: new_token(),
+            addr: "127.0.0.1:2000".parse().expect("addr"),
+            local_ip: None,
+            conn: 2,
+        };
+        table.insert_pair(
+            a,
+            b,
+            Some(RateLimit {
+                bytes_per_sec: 1,
+                burst_bytes: 3000,
+            }),
+        );
+        let hop = table.route(&a.token, a.addr, 3, 1200, 1000).expect("route");
+        assert_eq!((hop.token, hop.addr, hop.admitted), (b.token, b.addr, 2));
+        assert_eq!(
+            table.route(&a.token, b.addr, 1, 10, 10).err(),
+            Some(Refusal::WrongSource)
+        );
+        assert_eq!(
+            table.route(&new_token(), a.addr, 1, 10, 10).err(),
+            Some(Refusal::UnknownToken)
+        );
+        table.refresh(
+            &a.token,
+            "127.0.0.1:1001".parse().expect("addr"),
+            &b.token,
+            b.addr,
+        );
+        assert!(table.route(&a.token, a.addr, 1, 1, 1).is_err());
+        table.remove_conn(2);
+        assert_eq!(table.tunnels(), 0);
     }
 }

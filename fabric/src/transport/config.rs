@@ -8,16 +8,14 @@ use quinn::{IdleTimeout, MtuDiscoveryConfig, VarInt};
 
 use crate::topology::TopologyLabels;
 
-/// Outer (direct) connections start at 1280 bytes of UDP payload so that a
-/// relayed inner packet (at least 1200 bytes, QUIC's minimum) plus our 9-byte
-/// tunnel header and the outer packet's ~32 bytes of overhead fit in one QUIC
-/// datagram from the first packet on. 1280 + 28 bytes of IP/UDP header fits
-/// every path that can carry IPv6. MTU discovery then raises it.
+/// Direct connections start at 1280 bytes of UDP payload: 1280 + 28 bytes of
+/// IP/UDP header fits every path that can carry IPv6. MTU discovery then raises it.
 pub(crate) const DIRECT_INITIAL_MTU: u16 = 1280;
-/// Inner (tunnelled) connections: QUIC's minimum, probing up to what an outer
-/// datagram of a 1452-byte path can carry.
+/// Inner (tunnelled) connections: QUIC's minimum, so that with the 17-byte relay
+/// header (1217 bytes) a tunnel works on any path that carries IPv6, probing up to
+/// what a 1452-byte path carries after the relay header.
 pub(crate) const TUNNEL_INITIAL_MTU: u16 = 1200;
-pub(crate) const TUNNEL_MAX_MTU: u16 = 1400;
+pub(crate) const TUNNEL_MAX_MTU: u16 = 1452 - crate::relay::RelayHeader::LEN as u16;
 
 /// How a node's transport behaves. `Default` is for production; tests shorten
 /// the timers.
@@ -48,6 +46,13 @@ pub struct TransportConfig {
     pub max_connections: usize,
     /// Tunnels this node relays, and tunnels it terminates, at once.
     pub max_tunnels: usize,
+    /// Relay role: bytes per second one tunnel may push through this relay (both
+    /// directions together); `None` for no limit. A backstop so one tunnel cannot
+    /// monopolise a relay, not a fair-share scheduler: set it to a share of the
+    /// relay's uplink.
+    pub relay_tunnel_rate: Option<u64>,
+    /// Relay role: bytes a tunnel may burst above `relay_tunnel_rate`.
+    pub relay_tunnel_burst: u64,
     /// Incoming channels waiting for a service's `accept` before we answer busy.
     pub service_queue: usize,
 }
@@ -67,6 +72,10 @@ impl TransportConfig {
             max_streams_per_connection: 256,
             max_connections: 4096,
             max_tunnels: 1024,
+            // 1 GiB/s: above any single uplink we run today, so the default only
+            // stops a runaway tunnel.
+            relay_tunnel_rate: Some(1 << 30),
+            relay_tunnel_burst: 8 << 20,
             service_queue: 64,
         }
     }
@@ -82,9 +91,9 @@ fn base(config: &TransportConfig) -> quinn::TransportConfig {
     tc.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams_per_connection));
     // Channels are bidirectional streams only.
     tc.max_concurrent_uni_streams(VarInt::from_u32(0));
-    // Tunnelled packets ride in datagrams; give bursts room before dropping.
-    tc.datagram_receive_buffer_size(Some(4 << 20));
-    tc.datagram_send_buffer_size(4 << 20);
+    // No QUIC datagrams: relay traffic is plain UDP beside the connections (see
+    // `crate::relay`), so a peer's datagrams have nowhere to go.
+    tc.datagram_receive_buffer_size(None);
     tc
 }
 

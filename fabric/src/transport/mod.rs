@@ -27,9 +27,7 @@ use crate::channel::{
 };
 use crate::identity::NodeIdentity;
 use crate::path::{DefaultPathRanker, DialOutcome, PathKind, PathRanker, PeerInfo};
-use crate::relay::{
-    ForwardTable, RelayTap, TunnelHeader, TunnelKind, RELAY_ACCEPT_SERVICE, RELAY_SERVICE,
-};
+use crate::relay::{RelayStats, RelayTap, RELAY_ACCEPT_SERVICE, RELAY_SERVICE};
 use crate::tls::{self, IdentityMismatch, TlsIdentity, SERVER_NAME};
 use crate::topology::NodeId;
 use socket::FabricSocket;
@@ -78,8 +76,6 @@ pub(crate) struct Inner {
     conns: Mutex<HashMap<NodeId, ConnEntry>>,
     dialing: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
     services: Mutex<HashMap<String, mpsc::Sender<Channel>>>,
-    forwards: ForwardTable,
-    tap: RwLock<Option<Arc<dyn RelayTap>>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -139,8 +135,13 @@ impl Transport {
         let mut tunnel_server = quinn::ServerConfig::with_crypto(server_crypto);
         tunnel_server.transport_config(tunnel_tc.clone());
 
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        // Relay packets share the socket with QUIC and are told apart by the QUIC
+        // fixed bit (RFC 9443). Not advertising grease_quic_bit means no peer may
+        // clear that bit in packets to us.
+        endpoint_config.grease_quic_bit(false);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server),
             socket.clone(),
             runtime,
@@ -163,8 +164,6 @@ impl Transport {
             conns: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashMap::new()),
             services: Mutex::new(HashMap::new()),
-            forwards: ForwardTable::default(),
-            tap: RwLock::new(None),
             shutdown,
         });
         tracing::info!(
@@ -211,9 +210,7 @@ impl Transport {
 
     /// Installs a hook that sees every packet this node relays (tests, diagnostics).
     pub fn set_relay_tap(&self, tap: Option<Arc<dyn RelayTap>>) {
-        if let Ok(mut t) = self.inner.tap.write() {
-            *t = tap;
-        }
+        self.inner.socket.forwards.set_tap(tap);
     }
 
     /// Opens a channel to `service` on `node`, connecting first if needed.
@@ -340,7 +337,13 @@ impl Transport {
 
     /// Tunnels this node currently relays for others.
     pub fn relayed_tunnels(&self) -> usize {
-        self.inner.forwards.tunnels()
+        self.inner.socket.forwards.tunnels()
+    }
+
+    /// Counters of the relay data path (forwarded, delivered, and dropped by
+    /// reason), for metrics and tests.
+    pub fn relay_stats(&self) -> RelayStats {
+        self.inner.socket.relay_stats()
     }
 
     /// Stops the node: closes every connection (peers see it at once) and the socket.
@@ -352,7 +355,6 @@ impl Transport {
             .close(close_code::SHUTDOWN.into(), b"node shutting down");
         // Break the socket -> tunnel -> connection -> endpoint reference cycles.
         self.inner.socket.clear();
-        self.inner.forwards.clear();
         if let Ok(mut c) = self.inner.conns.lock() {
             c.clear();
         }
@@ -405,10 +407,6 @@ impl Inner {
 
     fn peer_info(&self, node: NodeId) -> Option<PeerInfo> {
         self.book.read().ok()?.get(&node).cloned()
-    }
-
-    fn tap(&self) -> Option<Arc<dyn RelayTap>> {
-        self.tap.read().ok()?.clone()
     }
 
     /// Puts a fresh connection in the cache and starts serving it.
@@ -498,62 +496,23 @@ impl Inner {
         Ok(())
     }
 
-    /// Serves one connection until it closes: incoming streams and tunnel datagrams.
+    /// Serves one connection until it closes: incoming streams.
     async fn drive_connection(self: Arc<Self>, entry: ConnEntry) {
-        let streams = async {
-            loop {
-                match entry.conn.accept_bi().await {
-                    Ok((send, recv)) => {
-                        tokio::spawn(self.clone().handle_stream(entry.clone(), send, recv));
-                    }
-                    Err(e) => return e,
+        let reason = loop {
+            match entry.conn.accept_bi().await {
+                Ok((send, recv)) => {
+                    tokio::spawn(self.clone().handle_stream(entry.clone(), send, recv));
                 }
+                Err(e) => break e,
             }
-        };
-        let datagrams = async {
-            loop {
-                match entry.conn.read_datagram().await {
-                    Ok(d) => self.on_datagram(&entry, d),
-                    Err(e) => return e,
-                }
-            }
-        };
-        let reason = tokio::select! {
-            e = streams => e,
-            e = datagrams => e,
         };
         self.forget(entry.peer, entry.conn.stable_id());
-        self.forwards.remove_conn(entry.conn.stable_id());
+        // Tunnels whose control ran on this connection expire with it.
+        self.socket.forwards.remove_conn(entry.conn.stable_id());
         tracing::info!(
             node_id = %self.node_id.short(), peer = %entry.peer.short(), path = %entry.path,
             reason = %reason, "connection closed"
         );
-    }
-
-    fn on_datagram(&self, entry: &ConnEntry, data: bytes::Bytes) {
-        let Some(header) = TunnelHeader::parse(&data) else {
-            tracing::debug!(peer = %entry.peer.short(), len = data.len(), "dropping malformed datagram");
-            return;
-        };
-        let payload = data.slice(TunnelHeader::LEN..);
-        let delivered = match header.kind {
-            TunnelKind::ToRelay => self.forwards.forward(
-                entry.conn.stable_id(),
-                header.tunnel,
-                &payload,
-                self.tap().as_ref(),
-            ),
-            TunnelKind::FromRelay => {
-                self.socket
-                    .inject(entry.conn.stable_id(), header.tunnel, payload)
-            }
-        };
-        if !delivered {
-            tracing::trace!(
-                peer = %entry.peer.short(), tunnel = header.tunnel, kind = ?header.kind,
-                "dropping datagram for unknown tunnel"
-            );
-        }
     }
 
     async fn handle_stream(

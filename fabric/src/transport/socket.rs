@@ -1,50 +1,77 @@
-//! The node's one UDP socket, extended with virtual addresses for relay tunnels.
+//! The node's one UDP socket, extended with virtual addresses for relay tunnels
+//! and with the relay data path.
 //!
 //! quinn drives a single endpoint over [`FabricSocket`]. Datagrams to real
-//! addresses go out of the UDP socket. Datagrams to a *virtual* address (from a
-//! reserved range that never appears on a wire) are wrapped into a QUIC datagram
-//! on the outer connection to a relay; packets the relay forwards back are
-//! injected here as if they had arrived from that virtual address. The inner QUIC
-//! connection is thus an ordinary end-to-end connection of the same endpoint: the
-//! relay only ever handles its encrypted packets.
+//! addresses go out of the UDP socket unchanged. Datagrams to a *virtual* address
+//! (from a reserved range that never appears on a wire) are the packets of an
+//! inner end-to-end connection: they leave the same UDP socket for the relay's
+//! address, each prefixed with a [`RelayHeader`] carrying the relay-issued token.
+//!
+//! On receive, everything that is not QUIC (first byte below 0x40, see
+//! [`crate::relay`]) is taken out before quinn sees it:
+//! - `ToRelay` packets (we are the relay) are checked against the forwarding
+//!   table and sent on to the other leg, in place and as one GSO batch when the
+//!   kernel handed us a GRO batch;
+//! - `FromRelay` packets (we are a tunnel endpoint) have their header stripped and
+//!   are handed to quinn as if they had arrived from the tunnel's virtual address.
+//!
+//! The relay only ever handles the inner connection's encrypted packets.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use quinn::udp::{RecvMeta, Transmit};
+use bytes::{Bytes, BytesMut};
+use quinn::udp::{EcnCodepoint, RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
-use crate::relay::{TunnelHeader, TunnelKind};
+use crate::relay::{
+    is_relay_packet, ForwardTable, Hop, Refusal, RelayCounters, RelayHeader, RelayKind, RelayStats,
+    Token,
+};
 use crate::topology::NodeId;
 
-/// How many forwarded packets may wait for the endpoint before we drop (like a
-/// full UDP receive buffer would).
+/// How many tunnel packets that could not be delivered in place may wait for the
+/// endpoint before we drop (like a full UDP receive buffer would).
 const INJECT_QUEUE: usize = 4096;
+/// Largest UDP payload we hand the kernel in one (GSO) send.
+const MAX_SEND: usize = 65_000;
+const HDR: usize = RelayHeader::LEN;
 
 /// Where packets for one virtual address go.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct TunnelRoute {
-    /// Outer connection to the relay.
-    pub conn: quinn::Connection,
-    /// Relay-assigned tunnel id on that connection.
-    pub tunnel: u64,
+    /// The relay's UDP address (the remote of our outer connection to it).
+    pub relay: SocketAddr,
+    /// Our local IP on the outer connection, so tunnel packets leave from the
+    /// address the relay bound our token to.
+    pub local_ip: Option<IpAddr>,
+    /// Relay-issued token of our leg.
+    pub token: Token,
     pub via: NodeId,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Inbound {
+    vaddr: SocketAddr,
+    relay: SocketAddr,
 }
 
 pub(crate) struct FabricSocket {
     real: Arc<dyn AsyncUdpSocket>,
     local: SocketAddr,
     routes: RwLock<HashMap<SocketAddr, TunnelRoute>>,
-    /// (outer connection stable id, tunnel id) -> virtual address.
-    inbound: RwLock<HashMap<(usize, u64), SocketAddr>>,
+    /// Our token -> (virtual address, relay address it must come from).
+    inbound: RwLock<HashMap<Token, Inbound>>,
+    /// Tunnels we relay for others.
+    pub(crate) forwards: ForwardTable,
+    counters: RelayCounters,
     inject_tx: mpsc::Sender<(SocketAddr, Bytes)>,
     inject_rx: Mutex<mpsc::Receiver<(SocketAddr, Bytes)>>,
     next_virtual: AtomicU64,
@@ -69,6 +96,8 @@ impl FabricSocket {
             local,
             routes: RwLock::new(HashMap::new()),
             inbound: RwLock::new(HashMap::new()),
+            forwards: ForwardTable::default(),
+            counters: RelayCounters::default(),
             inject_tx,
             inject_rx: Mutex::new(inject_rx),
             next_virtual: AtomicU64::new(1),
@@ -94,15 +123,20 @@ impl FabricSocket {
     }
 
     pub(crate) fn route(&self, addr: &SocketAddr) -> Option<TunnelRoute> {
-        self.routes.read().ok()?.get(addr).cloned()
+        self.routes.read().ok()?.get(addr).copied()
     }
 
     /// Registers a tunnel and returns the virtual address quinn should use for it.
     pub(crate) fn register_tunnel(&self, route: TunnelRoute) -> SocketAddr {
         let vaddr = self.allocate_virtual();
-        let key = (route.conn.stable_id(), route.tunnel);
         if let Ok(mut inbound) = self.inbound.write() {
-            inbound.insert(key, vaddr);
+            inbound.insert(
+                route.token,
+                Inbound {
+                    vaddr,
+                    relay: route.relay,
+                },
+            );
         }
         if let Ok(mut routes) = self.routes.write() {
             routes.insert(vaddr, route);
@@ -114,7 +148,7 @@ impl FabricSocket {
         let removed = self.routes.write().ok().and_then(|mut r| r.remove(vaddr));
         if let Some(route) = removed {
             if let Ok(mut inbound) = self.inbound.write() {
-                inbound.remove(&(route.conn.stable_id(), route.tunnel));
+                inbound.remove(&route.token);
             }
         }
     }
@@ -123,7 +157,11 @@ impl FabricSocket {
         self.routes.read().map(|r| r.len()).unwrap_or(0)
     }
 
-    /// Drops every route (used at shutdown to break the socket <-> connection cycle).
+    pub(crate) fn relay_stats(&self) -> RelayStats {
+        self.counters.snapshot()
+    }
+
+    /// Drops every route and forwarding entry (shutdown).
     pub(crate) fn clear(&self) {
         if let Ok(mut r) = self.routes.write() {
             r.clear();
@@ -131,41 +169,265 @@ impl FabricSocket {
         if let Ok(mut i) = self.inbound.write() {
             i.clear();
         }
+        self.forwards.clear();
     }
 
-    /// Hands a packet the relay forwarded to us to quinn. Returns false if the
-    /// tunnel is unknown (stale or forged id) or the queue is full.
-    pub(crate) fn inject(&self, outer_conn: usize, tunnel: u64, packet: Bytes) -> bool {
-        let vaddr = match self
-            .inbound
-            .read()
-            .ok()
-            .and_then(|i| i.get(&(outer_conn, tunnel)).copied())
-        {
-            Some(v) => v,
-            None => return false,
-        };
-        self.inject_tx.try_send((vaddr, packet)).is_ok()
+    /// Sends `buf`, a run of packets `stride` bytes apart (the last may be
+    /// shorter), to `dest`, using as few GSO sends as the socket allows.
+    fn send_segments(
+        &self,
+        dest: SocketAddr,
+        src_ip: Option<IpAddr>,
+        ecn: Option<EcnCodepoint>,
+        buf: &[u8],
+        stride: usize,
+    ) -> io::Result<()> {
+        let per_send = self
+            .real
+            .max_transmit_segments()
+            .min(MAX_SEND / stride.max(1))
+            .max(1);
+        for chunk in buf.chunks(per_send * stride.max(1)) {
+            self.real.try_send(&Transmit {
+                destination: dest,
+                ecn,
+                contents: chunk,
+                segment_size: (chunk.len() > stride).then_some(stride),
+                src_ip,
+            })?;
+        }
+        Ok(())
     }
 
-    fn send_virtual(&self, route: &TunnelRoute, transmit: &Transmit<'_>) {
+    /// Sends an inner-connection transmit to the relay with our token in front
+    /// of every packet, keeping quinn's GSO batching.
+    fn send_tunnel(&self, route: &TunnelRoute, transmit: &Transmit<'_>) -> io::Result<()> {
         let segment = transmit
             .segment_size
             .unwrap_or(transmit.contents.len())
             .max(1);
+        let count = transmit.contents.len().div_ceil(segment);
+        let header = RelayHeader {
+            kind: RelayKind::ToRelay,
+            token: route.token,
+        };
+        let mut buf = Vec::with_capacity(transmit.contents.len() + count * HDR);
         for packet in transmit.contents.chunks(segment) {
-            let mut buf = BytesMut::with_capacity(TunnelHeader::LEN + packet.len());
-            TunnelHeader {
-                kind: TunnelKind::ToRelay,
-                tunnel: route.tunnel,
+            let start = buf.len();
+            buf.resize(start + HDR, 0);
+            header.write_to(&mut buf[start..]);
+            buf.extend_from_slice(packet);
+        }
+        // Errors (WouldBlock included) go back to quinn exactly as for a direct
+        // send: it retries when the socket is writable.
+        self.send_segments(
+            route.relay,
+            route.local_ip,
+            transmit.ecn,
+            &buf,
+            segment + HDR,
+        )
+    }
+
+    fn count_refusal(&self, refusal: Refusal, n: usize) {
+        let c = match refusal {
+            Refusal::UnknownToken => &self.counters.unknown_token,
+            Refusal::WrongSource => &self.counters.wrong_source,
+        };
+        RelayCounters::add(c, n as u64);
+    }
+
+    /// Takes relay packets out of one received (possibly GRO-coalesced) message;
+    /// what is left for quinn stays in `buf[..meta.len]`.
+    fn demux(&self, buf: &mut [u8], meta: &mut RecvMeta) {
+        let len = meta.len.min(buf.len());
+        if len == 0 {
+            return;
+        }
+        let stride = match meta.stride {
+            0 => len,
+            s => s.min(len),
+        };
+        let data = &mut buf[..len];
+        if data.chunks(stride).all(|s| !is_relay_packet(s[0])) {
+            return;
+        }
+        // Common case: a batch from one leg, every packet with the same header.
+        let first = RelayHeader::parse(&data[..stride]);
+        let uniform = first.is_some()
+            && data
+                .chunks(stride)
+                .all(|s| s.len() > HDR && s[..HDR] == data[..HDR]);
+        match first {
+            Some(h) if uniform => {
+                meta.len = match h.kind {
+                    RelayKind::ToRelay => {
+                        self.forward(&h.token, meta.addr, meta.ecn, data, stride);
+                        0
+                    }
+                    RelayKind::FromRelay => self.deliver_in_place(&h.token, meta, data, stride),
+                };
             }
-            .write(&mut buf);
-            buf.put_slice(packet);
-            // Like UDP, a tunnel may lose packets (relay gone, datagram too big for
-            // the outer path, congestion); the inner QUIC connection recovers or
-            // times out, so a failure here is only worth a trace.
-            if let Err(e) = route.conn.send_datagram(buf.freeze()) {
-                tracing::trace!(via = %route.via.short(), error = %e, "tunnel packet dropped");
+            _ => meta.len = self.demux_mixed(meta, stride, data),
+        }
+    }
+
+    /// Packet by packet: keeps QUIC packets (compacted to the front, so the
+    /// stride stays valid: only the last packet of a batch can be short) and
+    /// handles relay packets one at a time. Returns the bytes left for quinn.
+    fn demux_mixed(&self, meta: &RecvMeta, stride: usize, data: &mut [u8]) -> usize {
+        let mut kept = 0;
+        let mut start = 0;
+        while start < data.len() {
+            let end = (start + stride).min(data.len());
+            if !is_relay_packet(data[start]) {
+                data.copy_within(start..end, kept);
+                kept += end - start;
+            } else {
+                match RelayHeader::parse(&data[start..end]) {
+                    None => RelayCounters::add(&self.counters.malformed, 1),
+                    Some(h) if h.kind == RelayKind::ToRelay => {
+                        let seg = &mut data[start..end];
+                        let one = seg.len();
+                        self.forward(&h.token, meta.addr, meta.ecn, seg, one);
+                    }
+                    Some(h) => self.deliver_queued(&h.token, meta.addr, &data[start + HDR..end]),
+                }
+            }
+            start = end;
+        }
+        kept
+    }
+
+    /// Relay role: forwards a batch of `ToRelay` packets with `token` from `src`
+    /// to the other leg, rewriting each header in place.
+    fn forward(
+        &self,
+        token: &Token,
+        src: SocketAddr,
+        ecn: Option<EcnCodepoint>,
+        data: &mut [u8],
+        stride: usize,
+    ) {
+        let n = data.len().div_ceil(stride);
+        let last = data.len() - (n - 1) * stride;
+        let hop = match self.forwards.route(token, src, n, stride - HDR, last - HDR) {
+            Ok(hop) => hop,
+            Err(refusal) => {
+                tracing::trace!(%src, ?refusal, packets = n, "relay dropped packets");
+                self.count_refusal(refusal, n);
+                return;
+            }
+        };
+        if hop.admitted < n {
+            RelayCounters::add(&self.counters.rate_limited, (n - hop.admitted) as u64);
+        }
+        if hop.admitted == 0 {
+            return;
+        }
+        let end = if hop.admitted == n {
+            data.len()
+        } else {
+            hop.admitted * stride
+        };
+        let out = &mut data[..end];
+        let header = RelayHeader {
+            kind: RelayKind::FromRelay,
+            token: hop.token,
+        };
+        if let Some(tap) = self.forwards.tap() {
+            // Diagnostics path: the tap sees (and may change) one payload at a time.
+            for seg in out.chunks(stride) {
+                let mut payload = BytesMut::from(&seg[HDR..]);
+                tap.on_forward(hop.from_node, hop.to_node, &mut payload);
+                let mut packet = vec![0u8; HDR + payload.len()];
+                header.write_to(&mut packet);
+                packet[HDR..].copy_from_slice(&payload);
+                let len = packet.len();
+                self.send_forward(&hop, ecn, &packet, len, 1, payload.len());
+            }
+            return;
+        }
+        for seg in out.chunks_mut(stride) {
+            header.write_to(seg);
+        }
+        let payload = end - hop.admitted * HDR;
+        self.send_forward(&hop, ecn, out, stride, hop.admitted, payload);
+    }
+
+    fn send_forward(
+        &self,
+        hop: &Hop,
+        ecn: Option<EcnCodepoint>,
+        buf: &[u8],
+        stride: usize,
+        packets: usize,
+        payload: usize,
+    ) {
+        match self.send_segments(hop.addr, hop.local_ip, ecn, buf, stride) {
+            Ok(()) => {
+                RelayCounters::add(&self.counters.forwarded_packets, packets as u64);
+                RelayCounters::add(&self.counters.forwarded_bytes, payload as u64);
+            }
+            Err(e) => {
+                // Like a router: a packet that cannot go on now is dropped and the
+                // end-to-end connection's loss recovery deals with it.
+                tracing::trace!(to = %hop.to_node.short(), error = %e, "relay dropped packets");
+                RelayCounters::add(&self.counters.send_failed, packets as u64);
+            }
+        }
+    }
+
+    fn inbound(&self, token: &Token, src: SocketAddr, n: usize) -> Option<SocketAddr> {
+        let found = self.inbound.read().ok()?.get(token).copied();
+        match found {
+            None => self.count_refusal(Refusal::UnknownToken, n),
+            Some(i) if i.relay != src => self.count_refusal(Refusal::WrongSource, n),
+            Some(i) => {
+                RelayCounters::add(&self.counters.delivered_packets, n as u64);
+                return Some(i.vaddr);
+            }
+        }
+        None
+    }
+
+    /// Endpoint role: strips the headers of a uniform `FromRelay` batch in place
+    /// and presents it to quinn as coming from the tunnel's virtual address.
+    /// Returns the bytes left for quinn.
+    fn deliver_in_place(
+        &self,
+        token: &Token,
+        meta: &mut RecvMeta,
+        data: &mut [u8],
+        stride: usize,
+    ) -> usize {
+        let n = data.len().div_ceil(stride);
+        let Some(vaddr) = self.inbound(token, meta.addr, n) else {
+            return 0;
+        };
+        let mut kept = 0;
+        let mut start = 0;
+        while start < data.len() {
+            let end = (start + stride).min(data.len());
+            data.copy_within(start + HDR..end, kept);
+            kept += end - start - HDR;
+            start = end;
+        }
+        meta.addr = vaddr;
+        meta.stride = stride - HDR;
+        meta.dst_ip = None;
+        kept
+    }
+
+    /// Endpoint role, one packet out of a mixed batch: goes through the queue.
+    fn deliver_queued(&self, token: &Token, src: SocketAddr, payload: &[u8]) {
+        if let Some(vaddr) = self.inbound(token, src, 1) {
+            if self
+                .inject_tx
+                .try_send((vaddr, Bytes::copy_from_slice(payload)))
+                .is_err()
+            {
+                RelayCounters::add(&self.counters.send_failed, 1);
             }
         }
     }
@@ -204,20 +466,39 @@ impl FabricSocket {
             }
         }
     }
+
+    fn poll_real(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        match self.real.poll_recv(cx, bufs, meta) {
+            Poll::Ready(Ok(n)) => {
+                // Messages that were entirely relay traffic are left with length
+                // 0, which quinn skips; returning Ready keeps its receive loop
+                // (and its work limiter) going.
+                for (buf, m) in bufs.iter_mut().zip(meta.iter_mut()).take(n) {
+                    self.demux(buf, m);
+                }
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
 }
 
 impl AsyncUdpSocket for FabricSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        // Tunnel sends never block, so writability is the real socket's.
+        // Tunnel packets leave through the real socket, so writability is its.
         self.real.clone().create_io_poller()
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        if let Some(route) = self.route(&transmit.destination) {
-            self.send_virtual(&route, transmit);
-            return Ok(());
+        match self.route(&transmit.destination) {
+            Some(route) => self.send_tunnel(&route, transmit),
+            None => self.real.try_send(transmit),
         }
-        self.real.try_send(transmit)
     }
 
     fn poll_recv(
@@ -233,9 +514,9 @@ impl AsyncUdpSocket for FabricSocket {
             if let Poll::Ready(r) = self.poll_injected(cx, bufs, meta) {
                 return Poll::Ready(r);
             }
-            self.real.poll_recv(cx, bufs, meta)
+            self.poll_real(cx, bufs, meta)
         } else {
-            if let Poll::Ready(r) = self.real.poll_recv(cx, bufs, meta) {
+            if let Poll::Ready(r) = self.poll_real(cx, bufs, meta) {
                 return Poll::Ready(r);
             }
             self.poll_injected(cx, bufs, meta)

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
@@ -13,10 +14,15 @@ use crate::channel::Channel;
 use crate::frame::{FrameError, Framed};
 use crate::path::PathKind;
 use crate::relay::{
-    OfferResponse, RelayRequest, RelayResponse, TunnelOffer, CONTROL_MAX_FRAME,
-    RELAY_ACCEPT_SERVICE, RELAY_SERVICE,
+    new_token, token_from_hex, token_to_hex, LegEnd, OfferResponse, RateLimit, RelayRequest,
+    RelayResponse, Token, TunnelOffer, CONTROL_MAX_FRAME, RELAY_ACCEPT_SERVICE, RELAY_SERVICE,
 };
 use crate::topology::NodeId;
+
+/// How often a relay re-binds a tunnel's tokens to the addresses its outer
+/// connections currently use (after a NAT rebinding the outer QUIC connection
+/// migrates; the tunnel follows within this delay).
+const REBIND_EVERY: Duration = Duration::from_secs(1);
 
 /// Resolves when the peer ends a control stream (EOF, reset or anything sent):
 /// the tunnel lives exactly as long as its control streams.
@@ -54,8 +60,13 @@ impl Inner {
             after: self.config.connect_timeout,
         })?
         .map_err(|e| self.control_error(via, "relay request", e))?;
-        let tunnel = match response {
-            RelayResponse::Ok { tunnel } => tunnel,
+        let token = match response {
+            RelayResponse::Ok { token } => {
+                token_from_hex(&token).ok_or_else(|| TransportError::Protocol {
+                    node: via,
+                    reason: "relay answered with a malformed tunnel token".into(),
+                })?
+            }
             RelayResponse::Refused { reason } => {
                 return Err(TransportError::RelayRefused {
                     relay: via,
@@ -65,15 +76,16 @@ impl Inner {
             }
         };
         let vaddr = self.socket.register_tunnel(TunnelRoute {
-            conn: relay.conn.clone(),
-            tunnel,
+            relay: relay.conn.remote_address(),
+            local_ip: relay.conn.local_ip(),
+            token,
             via,
         });
         let handshake = self
             .handshake(
                 target,
                 vaddr,
-                format!("relay {via} (tunnel {tunnel})"),
+                format!("relay {via} at {}", relay.conn.remote_address()),
                 self.tunnel_tc.clone(),
             )
             .await;
@@ -139,33 +151,44 @@ impl Inner {
             };
         let RelayRequest::Connect { target } = request;
         match self.splice(&from, target).await {
-            Ok((to, from_tunnel, offer, to_tunnel)) => {
+            Ok((to, from_token, offer, to_token)) => {
+                let forwards = &self.socket.forwards;
                 if ctrl
                     .send(&RelayResponse::Ok {
-                        tunnel: from_tunnel,
+                        token: token_to_hex(&from_token),
                     })
                     .await
                     .is_err()
                 {
-                    self.forwards
-                        .remove_pair(&from.conn, from_tunnel, &to.conn, to_tunnel);
+                    forwards.remove_pair(&from_token, &to_token);
                     return;
                 }
                 tracing::info!(
-                    from = %from.peer.short(), to = %target.short(), tunnels = self.forwards.tunnels(),
+                    from = %from.peer.short(), to = %target.short(), tunnels = forwards.tunnels(),
                     "relaying a tunnel"
                 );
                 let mut offer = offer;
                 let mut shutdown = self.shutdown_signal();
-                let why = tokio::select! {
-                    _ = control_ended(&mut ctrl) => "initiator ended the tunnel",
-                    _ = control_ended(&mut offer) => "target ended the tunnel",
-                    _ = from.conn.closed() => "initiator connection lost",
-                    _ = to.conn.closed() => "target connection lost",
-                    _ = shutdown.changed() => "node shutting down",
+                let mut rebind = tokio::time::interval(REBIND_EVERY);
+                rebind.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let why = loop {
+                    tokio::select! {
+                        _ = control_ended(&mut ctrl) => break "initiator ended the tunnel",
+                        _ = control_ended(&mut offer) => break "target ended the tunnel",
+                        _ = from.conn.closed() => break "initiator connection lost",
+                        _ = to.conn.closed() => break "target connection lost",
+                        _ = shutdown.changed() => break "node shutting down",
+                        _ = rebind.tick() => forwards.refresh(
+                            &from_token,
+                            from.conn.remote_address(),
+                            &to_token,
+                            to.conn.remote_address(),
+                        ),
+                    }
                 };
-                self.forwards
-                    .remove_pair(&from.conn, from_tunnel, &to.conn, to_tunnel);
+                // The tokens expire with the tunnel: later packets carrying them
+                // are dropped as unknown.
+                forwards.remove_pair(&from_token, &to_token);
                 tracing::info!(from = %from.peer.short(), to = %target.short(), reason = why, "relay tunnel removed");
             }
             Err(reason) => {
@@ -180,7 +203,7 @@ impl Inner {
         self: &Arc<Self>,
         from: &ConnEntry,
         target: NodeId,
-    ) -> Result<(ConnEntry, u64, Framed<Channel>, u64), String> {
+    ) -> Result<(ConnEntry, Token, Framed<Channel>, Token), String> {
         if !self.config.relay {
             return Err("this node does not have the relay role".into());
         }
@@ -191,7 +214,8 @@ impl Inner {
         if target == self.node_id || target == from.peer {
             return Err("a tunnel must join two other nodes".into());
         }
-        if self.forwards.tunnels() >= self.config.max_tunnels {
+        let forwards = &self.socket.forwards;
+        if forwards.tunnels() >= self.config.max_tunnels {
             return Err(format!(
                 "relay is at its limit of {} tunnels",
                 self.config.max_tunnels
@@ -201,8 +225,14 @@ impl Inner {
             .direct_connection_to(target)
             .await
             .map_err(|e| format!("relay cannot reach the target: {e}"))?;
-        let from_tunnel = self.forwards.next_id();
-        let to_tunnel = self.forwards.next_id();
+        // 128 random bits each: a collision with a live token is not a practical
+        // concern, but checking costs nothing and keeps the table consistent.
+        let from_token = new_token();
+        let to_token = new_token();
+        if from_token == to_token || forwards.contains(&from_token) || forwards.contains(&to_token)
+        {
+            return Err("tunnel token collision; retry".into());
+        }
         let ch = self
             .open_on(&to, RELAY_ACCEPT_SERVICE)
             .await
@@ -210,27 +240,40 @@ impl Inner {
         let mut offer = Framed::with_max_frame(ch, CONTROL_MAX_FRAME);
         // Install forwarding before the target answers so its first packets are
         // not lost; removed again if the offer fails.
-        self.forwards.insert_pair(
-            &from.conn,
-            from_tunnel,
-            from.peer,
-            &to.conn,
-            to_tunnel,
-            target,
+        // Each token is bound to the address the relay sees its holder at, so a
+        // token copied off the wire is useless from anywhere else.
+        forwards.insert_pair(
+            LegEnd {
+                node: from.peer,
+                token: from_token,
+                addr: from.conn.remote_address(),
+                local_ip: from.conn.local_ip(),
+                conn: from.conn.stable_id(),
+            },
+            LegEnd {
+                node: target,
+                token: to_token,
+                addr: to.conn.remote_address(),
+                local_ip: to.conn.local_ip(),
+                conn: to.conn.stable_id(),
+            },
+            self.config.relay_tunnel_rate.map(|rate| RateLimit {
+                bytes_per_sec: rate,
+                burst_bytes: self.config.relay_tunnel_burst,
+            }),
         );
         let answer = tokio::time::timeout(
             self.config.connect_timeout,
             offer.request::<_, OfferResponse>(&TunnelOffer {
-                tunnel: to_tunnel,
+                token: token_to_hex(&to_token),
                 from: from.peer,
             }),
         )
         .await;
         match answer {
-            Ok(Ok(OfferResponse::Accepted)) => Ok((to, from_tunnel, offer, to_tunnel)),
+            Ok(Ok(OfferResponse::Accepted)) => Ok((to, from_token, offer, to_token)),
             other => {
-                self.forwards
-                    .remove_pair(&from.conn, from_tunnel, &to.conn, to_tunnel);
+                forwards.remove_pair(&from_token, &to_token);
                 Err(match other {
                     Ok(Ok(OfferResponse::Refused { reason })) => {
                         format!("target refused: {reason}")
@@ -260,6 +303,14 @@ impl Inner {
             }
             Err(_) => return,
         };
+        let Some(token) = token_from_hex(&offer.token) else {
+            let _ = ctrl
+                .send(&OfferResponse::Refused {
+                    reason: "malformed tunnel token".into(),
+                })
+                .await;
+            return;
+        };
         if matches!(relay.path, PathKind::Relayed { .. })
             || self.socket.tunnel_count() >= self.config.max_tunnels
         {
@@ -271,8 +322,9 @@ impl Inner {
             return;
         }
         let vaddr = self.socket.register_tunnel(TunnelRoute {
-            conn: relay.conn.clone(),
-            tunnel: offer.tunnel,
+            relay: relay.conn.remote_address(),
+            local_ip: relay.conn.local_ip(),
+            token,
             via: relay.peer,
         });
         if ctrl.send(&OfferResponse::Accepted).await.is_err() {
