@@ -58,6 +58,10 @@ pub struct AgentConfig {
     pub probe_interval: Duration,
     /// Transport timers; `None` uses production defaults.
     pub transport: Option<TransportConfig>,
+    /// Run the control session (heartbeats to the `control-api` providers of
+    /// the signed directory, update hints back).
+    pub control_session: bool,
+    pub heartbeat_interval: Duration,
 }
 
 impl AgentConfig {
@@ -74,6 +78,8 @@ impl AgentConfig {
             gossip: GossipConfig::default(),
             probe_interval: Duration::from_secs(5),
             transport: None,
+            control_session: true,
+            heartbeat_interval: Duration::from_secs(5),
         }
     }
 }
@@ -273,6 +279,14 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         resilience: None,
         last_upkeep: BTreeMap::new(),
     };
+    if runner.cfg.control_session {
+        spawn_control_session(
+            &runner.cfg,
+            &transport,
+            runner.status.subscribe(),
+            shutdown_rx.clone(),
+        );
+    }
     let task = tokio::spawn(runner.run(events_rx, shutdown_rx));
     Ok(AgentHandle {
         node_id,
@@ -283,6 +297,76 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         task,
         transport,
     })
+}
+
+/// The node's side of the Control API: a level-triggered control session
+/// (see `control.rs`) plus the updater wake path: a fresh update-hint
+/// generation in a heartbeat reply is persisted to `update-trigger.json`, so
+/// the heartbeat is not the only signal and a dead updater loop is woken.
+fn spawn_control_session(
+    cfg: &AgentConfig,
+    transport: &Transport,
+    status: watch::Receiver<NodeStatus>,
+    shutdown: watch::Receiver<bool>,
+) {
+    use crate::control::{
+        ControlDriver, HeartbeatExtras, StateDirCanonical, StatusHeartbeat, UpdaterReport,
+        UpdaterSubscription,
+    };
+    let extras = HeartbeatExtras {
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        host_agent_version: None,
+        peer_metrics: Default::default(),
+        updater: UpdaterReport {
+            subscription: UpdaterSubscription::Alive,
+            supports_hint_wake: true,
+            status_at_ms: None,
+            update: None,
+        },
+    };
+    let driver = ControlDriver::new(
+        transport.clone(),
+        cfg.state_dir.join("control.json"),
+        Arc::new(StateDirCanonical {
+            state_dir: cfg.state_dir.clone(),
+        }),
+        Arc::new(StatusHeartbeat {
+            status,
+            extras: Arc::new(std::sync::Mutex::new(extras)),
+        }),
+    );
+    let mut state = driver.state();
+    let trigger = cfg.state_dir.join("update-trigger.json");
+    let name = cfg.name.clone();
+    let mut stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut seen = BTreeMap::new();
+        loop {
+            tokio::select! {
+                r = state.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+            let hints = state.borrow().update_hints.clone();
+            if hints.is_empty() || hints == seen {
+                continue;
+            }
+            let body = serde_json::json!({"update_hints": hints, "at_ms": now_ms()});
+            match serde_json::to_vec_pretty(&body) {
+                Ok(bytes) => match fabric_schemas::keys::write_atomic(&trigger, &bytes, 0o644) {
+                    Ok(()) => {
+                        tracing::info!(node = %name, ?hints, "update hint from the control session: wrote update-trigger.json to wake the updater")
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %name, error = %e, "could not write update-trigger.json")
+                    }
+                },
+                Err(e) => tracing::warn!(node = %name, error = %e, "could not encode update hints"),
+            }
+            seen = hints;
+        }
+    });
+    let interval = cfg.heartbeat_interval;
+    tokio::spawn(driver.run(interval, shutdown));
 }
 
 fn insert_signed(

@@ -503,11 +503,21 @@ pub enum ControlError {
 }
 
 impl ControlConfigFile {
+    /// Loads the config; a missing file is the default config (no fallback
+    /// endpoints), since a node on the fabric needs none.
     pub fn load(path: &Path) -> Result<ControlConfigFile, ControlError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ControlError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(ControlConfigFile::default())
+            }
+            Err(source) => {
+                return Err(ControlError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        };
         serde_json::from_str(&text).map_err(|e| ControlError::Parse {
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -611,8 +621,22 @@ pub trait HeartbeatSource: Send + Sync + 'static {
 pub struct HeartbeatExtras {
     pub agent_version: String,
     pub host_agent_version: Option<String>,
+    /// Used when the status carries no peer plan yet (all zero); the agent's
+    /// own planner metrics in [`NodeStatus::peer_metrics`] win otherwise.
     pub peer_metrics: PeerMetrics,
     pub updater: UpdaterReport,
+}
+
+impl From<fabric::peer_select::PeerMetrics> for PeerMetrics {
+    fn from(m: fabric::peer_select::PeerMetrics) -> Self {
+        PeerMetrics {
+            direct_ready_count: m.direct_ready_count,
+            relay_ready_count: m.relay_ready_count,
+            external_area_ready_count: m.external_area_ready_count,
+            independent_ingress_ready_count: m.independent_ingress_ready_count,
+            recovery_path_count: m.recovery_path_count,
+        }
+    }
 }
 
 /// A heartbeat from a node's status report (registry, directory, edge
@@ -644,7 +668,11 @@ pub fn heartbeat_from_status(
             services: status.directory_services,
             peer_cache: status.peer_cache.clone(),
         },
-        peer_metrics: extras.peer_metrics,
+        peer_metrics: if status.peer_metrics == fabric::peer_select::PeerMetrics::default() {
+            extras.peer_metrics
+        } else {
+            status.peer_metrics.into()
+        },
         updater: extras.updater.clone(),
         edge_listeners: status.edge_listeners.clone(),
         sent_at_ms: now_ms(),

@@ -30,6 +30,7 @@ pub struct FleetOptions {
     pub host: IpAddr,
     pub round: Duration,
     pub probe_interval: Duration,
+    pub heartbeat_interval: Duration,
     /// Lifetime of the signed records.
     pub record_ttl: Duration,
 }
@@ -41,6 +42,7 @@ impl FleetOptions {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             round: Duration::from_millis(250),
             probe_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(1),
             record_ttl: Duration::from_secs(24 * 3600),
         }
     }
@@ -183,6 +185,7 @@ impl LocalFleet {
             ..GossipConfig::default()
         };
         cfg.probe_interval = self.opts.probe_interval;
+        cfg.heartbeat_interval = self.opts.heartbeat_interval;
         let mut tc = TransportConfig::new(m.addr);
         tc.connect_timeout = Duration::from_secs(2);
         tc.idle_timeout = Duration::from_secs(10);

@@ -4,12 +4,17 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use fabric::edge::EdgeInventory;
 use fabric_node_agent::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
 use fabric_node_agent::registry::RegistryStatus;
 use fabric_node_agent::status::NodeStatus;
+use fabric_reconciler::api::{self, ApiConfig, ApiHandle, Token};
+use fabric_reconciler::store::{EmbeddedStore, Op, PutObject, Store};
+use fabric_schemas::kinds::{NodeRole, Spec};
 use fabric_schemas::manifest::load_path;
 use fabric_schemas::time::parse_duration;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Arc;
 
 /// Marks a state folder as ours, so `up` never wipes a folder it did not create.
 const MARKER: &str = ".fabric-up";
@@ -57,10 +62,12 @@ fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        for sub in ["nodes", "trust"] {
+        for sub in ["nodes", "trust", "store.redb", "operator.token"] {
             let p = dir.join(sub);
-            if p.exists() {
+            if p.is_dir() {
                 std::fs::remove_dir_all(&p).with_context(|| format!("clearing {}", p.display()))?;
+            } else if p.exists() {
+                std::fs::remove_file(&p).with_context(|| format!("clearing {}", p.display()))?;
             }
         }
     }
@@ -146,12 +153,25 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
         .context("starting the fleet")?;
     let total = fleet.expected_records();
     let n = fleet.members.len();
+    let control = start_control_plane(&fleet, &objects, &a.state_dir)
+        .await
+        .context("starting the control plane")?;
     println!(
         "fabric: {n} nodes on loopback, {total} signed records seeded into {} only; state in {}",
         fleet.members[0].name,
         a.state_dir.display()
     );
     println!("trust root: {}", fleet.trust_root_file().display());
+    if let Some(first) = control.apis.first() {
+        println!(
+            "control API: http://{} (embedded store {}, operator token in {}); try `fabricctl audit --server http://{} --token-file {}`",
+            first.addr(),
+            a.state_dir.join("store.redb").display(),
+            control.token_file.display(),
+            first.addr(),
+            control.token_file.display()
+        );
+    }
     let tty = std::io::stdout().is_terminal();
     let bar = if tty {
         ProgressBar::new(n as u64)
@@ -178,11 +198,22 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
         let statuses = fleet.statuses();
         let ready = statuses.iter().filter(|s| converged(s, total)).count();
         bar.set_position(ready as u64);
-        if ready == n && done_at.is_none() {
+        let audit = if ready == n {
+            control.audit().await
+        } else {
+            None
+        };
+        // Converged means every node active with the full directory and the
+        // fleet audit (over the nodes' heartbeats) passing every criterion.
+        let audited = audit.as_ref().is_some_and(|r| r.converged);
+        if audited && done_at.is_none() {
             let t = started.elapsed();
             done_at = Some(t);
             bar.finish_and_clear();
             print!("{}", table(&statuses, total));
+            if let Some(r) = &audit {
+                println!("{}", audit_line(r));
+            }
             println!(
                 "converged: {n}/{n} nodes active with {total}/{total} records in {:.1}s",
                 t.as_secs_f64()
@@ -209,6 +240,9 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
         if a.until_converged && done_at.is_none() && started.elapsed() > timeout {
             bar.finish_and_clear();
             print!("{}", table(&statuses, total));
+            if let Some(r) = control.audit().await {
+                println!("{}", audit_line(&r));
+            }
             let laggards: Vec<String> = statuses
                 .iter()
                 .filter(|s| !converged(s, total))
@@ -221,10 +255,135 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
                     )
                 })
                 .collect();
-            eprintln!("not converged after {}: {}", a.timeout, laggards.join(", "));
+            if laggards.is_empty() {
+                eprintln!(
+                    "not converged after {}: every node is active, but the fleet audit does not pass yet (see above)",
+                    a.timeout
+                );
+            } else {
+                eprintln!("not converged after {}: {}", a.timeout, laggards.join(", "));
+            }
             break ExitCode::from(1);
         }
     };
+    for api in control.apis {
+        api.stop().await;
+    }
     fleet.stop_all().await;
     Ok(code)
+}
+
+struct ControlPlane {
+    apis: Vec<ApiHandle>,
+    token_file: PathBuf,
+    store: Arc<dyn Store>,
+    inventory: EdgeInventory,
+}
+
+impl ControlPlane {
+    /// The fleet audit over the heartbeats the Control API received.
+    async fn audit(&self) -> Option<fabric_reconciler::audit::AuditReport> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        api::run_audit(&*self.store, &self.inventory, Default::default(), now)
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "audit failed"))
+            .ok()
+    }
+}
+
+fn audit_line(r: &fabric_reconciler::audit::AuditReport) -> String {
+    let passed = r.acceptance_criteria.iter().filter(|c| c.passed).count();
+    let failing: Vec<String> = r
+        .acceptance_criteria
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{} ({})", c.id, c.name))
+        .collect();
+    format!(
+        "audit: fabric_registry_runtime_report.status={} compat_control_dependency_nodes={} heartbeats={} acceptance criteria {passed}/{} passed{}",
+        r.fabric_registry_runtime_report.status,
+        r.compat_control_dependency_nodes.len(),
+        r.nodes.len().saturating_sub(r.nodes_without_heartbeat.len()),
+        r.acceptance_criteria.len(),
+        if failing.is_empty() { String::new() } else { format!(", failing: {}", failing.join(", ")) }
+    )
+}
+
+/// The embedded default control plane: the desired state in an embedded store
+/// and the Control API served by every `control-api` provider node, on its
+/// fabric transport (heartbeats from nodes) and on a loopback HTTP edge (for
+/// `fabricctl apply/get/audit`).
+async fn start_control_plane(
+    fleet: &LocalFleet,
+    objects: &[fabric_schemas::manifest::Object],
+    state_dir: &Path,
+) -> anyhow::Result<ControlPlane> {
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(state_dir.join("store.redb"))
+            .await
+            .context("opening the embedded store")?,
+    );
+    let mut ops = Vec::new();
+    for o in objects {
+        let spec = match &o.spec {
+            Spec::FabricNode(n) => match fleet.member(o.name()) {
+                Some(m) => Spec::FabricNode(fleet.local_spec(n, m)),
+                None => continue,
+            },
+            Spec::RolloutLease(_) | Spec::TrustRoot(_) => continue,
+            other => other.clone(),
+        };
+        let mut put = PutObject::new(o.kind, o.name(), spec.to_json()?);
+        put.labels = o.metadata.labels.clone();
+        put.annotations = o.metadata.annotations.clone();
+        ops.push(Op::PutObject(put));
+    }
+    for bytes in &fleet.records {
+        let env = fabric_schemas::Envelope::decode(bytes)?;
+        ops.push(Op::PutRecord {
+            kind: env.record.kind,
+            name: env.record.name.clone(),
+            generation: i64::try_from(env.record.generation).unwrap_or(i64::MAX),
+            envelope: bytes.clone(),
+        });
+    }
+    store
+        .apply_batch(ops)
+        .await
+        .context("storing the desired state")?;
+    let mut secret = [0u8; 24];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
+    let secret = hex::encode(secret);
+    let token_file = state_dir.join("operator.token");
+    fabric_schemas::keys::write_atomic(&token_file, secret.as_bytes(), 0o600)?;
+    let token = Token::new(&secret)?;
+    // One inventory for every edge this process opens, so the audit can tell
+    // registered listeners from unclassified ones.
+    let inventory = EdgeInventory::new();
+    let mut apis = Vec::new();
+    for m in &fleet.members {
+        if !m.spec.roles.contains(&NodeRole::ControlApi) {
+            continue;
+        }
+        let Some(h) = m.handle.as_ref() else { continue };
+        let cfg = ApiConfig::new("127.0.0.1:0".parse()?, token.clone());
+        let api = api::serve(
+            store.clone(),
+            inventory.clone(),
+            cfg,
+            Some(h.transport().clone()),
+        )
+        .await
+        .with_context(|| format!("serving the Control API on {}", m.name))?;
+        apis.push(api);
+    }
+    Ok(ControlPlane {
+        apis,
+        token_file,
+        store,
+        inventory,
+    })
 }
