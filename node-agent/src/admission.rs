@@ -3,14 +3,19 @@
 
 use std::collections::BTreeMap;
 
-use fabric::gossip::{digest_of, Admission, AdmittedRecord, RecordKey, RejectReason};
-use fabric_schemas::accept::NothingHeld;
-use fabric_schemas::{accept, Envelope as SignedEnvelope, Rejection, TrustAnchor};
+use fabric::gossip::{Admission, AdmittedRecord, RecordKey, RejectReason};
+use fabric_schemas::accept::{HeldRecord, RecordKey as SchemaKey};
+use fabric_schemas::{accept, Novelty, Rejection, TrustAnchor};
 
 /// Admits envelopes through the foundation's acceptance rule and counts every
 /// rejection by its precise reason (`unknown_signer`, `generation_rollback`, ...).
+///
+/// It keeps what it admitted (generation, body digest, scope) per key so that
+/// `accept` can refuse rollbacks, conflicting re-issues and replacements by a
+/// signer whose grant does not cover the record being replaced.
 pub struct RecordAdmission {
     trust: TrustAnchor,
+    held: BTreeMap<SchemaKey, HeldRecord>,
     rejections: BTreeMap<&'static str, u64>,
 }
 
@@ -18,6 +23,7 @@ impl RecordAdmission {
     pub fn new(trust: TrustAnchor) -> Self {
         RecordAdmission {
             trust,
+            held: BTreeMap::new(),
             rejections: BTreeMap::new(),
         }
     }
@@ -35,32 +41,16 @@ impl RecordAdmission {
         *self.rejections.entry(reason).or_default() += 1;
     }
 
-    /// Checks one envelope against what we hold (generation and digest of the
-    /// whole envelope bytes, as the directory keys them).
-    pub fn check(
-        &mut self,
-        bytes: &[u8],
-        held: Option<(u64, [u8; 32])>,
-        now_ms: u64,
-    ) -> Result<AdmittedRecord, Rejection> {
+    /// Checks one envelope against what this node holds, and remembers it when
+    /// it is new or newer.
+    pub fn check(&mut self, bytes: &[u8], now_ms: u64) -> Result<AdmittedRecord, Rejection> {
         let now = (now_ms / 1000) as i64;
-        // Rollback and conflict are judged on the bytes we hold; the record
-        // body digest alone would miss a re-signed duplicate.
-        if let Some((held_gen, held_digest)) = held {
-            let env = SignedEnvelope::decode(bytes).map_err(Rejection::from)?;
-            let g = env.record.generation;
-            if g < held_gen {
-                return Err(Rejection::GenerationRollback {
-                    held: held_gen,
-                    offered: g,
-                });
-            }
-            if g == held_gen && digest_of(bytes) != held_digest {
-                return Err(Rejection::ConflictingGeneration { generation: g });
-            }
-        }
-        let acc = accept(&self.trust, &NothingHeld, bytes, now)?;
+        let acc = accept(&self.trust, &self.held, bytes, now)?;
         let r = &acc.envelope.record;
+        if acc.novelty != Novelty::Duplicate {
+            self.held
+                .insert((r.kind, r.name.clone()), HeldRecord::of(&acc.envelope));
+        }
         Ok(AdmittedRecord {
             key: RecordKey::new(r.kind.code(), r.name.clone()),
             generation: r.generation,
@@ -87,10 +77,12 @@ impl Admission for RecordAdmission {
     fn admit(
         &mut self,
         bytes: &[u8],
-        held: Option<(u64, [u8; 32])>,
+        _held: Option<(u64, [u8; 32])>,
         now_ms: u64,
     ) -> Result<AdmittedRecord, RejectReason> {
-        self.check(bytes, held, now_ms).map_err(|r| {
+        // The core's own held generation/digest (over the whole envelope) is
+        // checked by the core; ours is over the body and carries the scope.
+        self.check(bytes, now_ms).map_err(|r| {
             tracing::debug!(reason = r.reason(), error = %r, "record rejected");
             self.count(r.reason());
             gossip_reason(&r)

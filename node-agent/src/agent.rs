@@ -202,7 +202,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
                     continue;
                 };
                 // Re-admit: the trust root may have changed and records may have expired.
-                if let Ok(adm) = admission.check(&bytes, None, now) {
+                if let Ok(adm) = admission.check(&bytes, now) {
                     envs.push(gossip::Envelope::new(adm.key, adm.generation, bytes));
                 }
             }
@@ -241,8 +241,10 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
     let initial = NodeStatus::initial(&cfg.name, node_id, local_addr, &cfg.labels, &cache_state);
     let (status_tx, status_rx) = watch::channel(initial);
 
-    spawn_gossip_listener(&transport, events_tx.clone(), shutdown_rx.clone())?;
-    spawn_probe_responder(&transport, cfg.name.clone(), shutdown_rx.clone())?;
+    let members = Members::default();
+    members.set(cfg.bootstrap.iter().map(|(id, _)| *id));
+    spawn_gossip_listener(&transport, &members, events_tx.clone(), shutdown_rx.clone())?;
+    spawn_probe_responder(&transport, &members, cfg.name.clone(), shutdown_rx.clone())?;
 
     let runner = Runner {
         cfg,
@@ -275,6 +277,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         edges: EdgeInventory::new(),
         last_probe_round: BTreeMap::new(),
         ranker,
+        members,
         metrics: PeerMetrics::default(),
         resilience: None,
         last_upkeep: BTreeMap::new(),
@@ -380,11 +383,42 @@ fn insert_signed(
     core.insert_local(env, now).map_err(|r| r.to_string())
 }
 
+/// The nodes allowed to use this node's gossip and probe services: those with a
+/// signed node record in the directory, plus the bootstrap peers. Anyone else
+/// holding some ed25519 key is turned away before costing any work.
+#[derive(Clone, Default)]
+struct Members {
+    ids: Arc<std::sync::RwLock<std::collections::HashSet<NodeId>>>,
+    refused: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Members {
+    fn set(&self, ids: impl IntoIterator<Item = NodeId>) {
+        if let Ok(mut m) = self.ids.write() {
+            *m = ids.into_iter().collect();
+        }
+    }
+
+    fn admits(&self, id: &NodeId) -> bool {
+        let ok = self.ids.read().is_ok_and(|m| m.contains(id));
+        if !ok {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        ok
+    }
+
+    fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Accepts channels for `service` until shutdown, handling each in its own task
 /// under a time limit so a slow or silent peer cannot pin a task forever.
 fn serve<F, Fut>(
     transport: &Transport,
     service: &str,
+    members: &Members,
     mut shutdown: watch::Receiver<bool>,
     handler: F,
 ) -> Result<(), AgentError>
@@ -393,6 +427,8 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut listener = transport.listen(service)?;
+    let members = members.clone();
+    let service = service.to_owned();
     tokio::spawn(async move {
         loop {
             let ch = tokio::select! {
@@ -400,6 +436,10 @@ where
                 _ = shutdown.changed() => return,
             };
             let Some(ch) = ch else { return };
+            if !members.admits(&ch.peer()) {
+                tracing::debug!(peer = %ch.peer().short(), %service, "channel from a node outside the directory refused");
+                continue;
+            }
             let fut = handler(ch);
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(5), fut).await;
@@ -411,42 +451,56 @@ where
 
 fn spawn_gossip_listener(
     transport: &Transport,
+    members: &Members,
     events: mpsc::Sender<Event>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    serve(transport, GOSSIP_SERVICE, shutdown, move |mut ch| {
-        let events = events.clone();
-        async move {
-            let peer = ch.peer();
-            match read_frame(&mut ch, gossip::wire::MAX_MESSAGE_BYTES).await {
-                Ok(payload) => {
-                    let _ = events.send(Event::Gossip(peer, payload)).await;
+    serve(
+        transport,
+        GOSSIP_SERVICE,
+        members,
+        shutdown,
+        move |mut ch| {
+            let events = events.clone();
+            async move {
+                let peer = ch.peer();
+                match read_frame(&mut ch, gossip::wire::MAX_MESSAGE_BYTES).await {
+                    Ok(payload) => {
+                        let _ = events.send(Event::Gossip(peer, payload)).await;
+                    }
+                    Err(e) => tracing::debug!(peer = %peer.short(), error = %e, "bad gossip frame"),
                 }
-                Err(e) => tracing::debug!(peer = %peer.short(), error = %e, "bad gossip frame"),
             }
-        }
-    })
+        },
+    )
 }
 
 fn spawn_probe_responder(
     transport: &Transport,
+    members: &Members,
     name: String,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    serve(transport, PROBE_SERVICE, shutdown, move |mut ch| {
-        let name = name.clone();
-        async move {
-            let answered = async {
-                read_frame(&mut ch, PROBE_MAX_FRAME).await?;
-                write_frame(&mut ch, name.as_bytes(), PROBE_MAX_FRAME).await?;
-                let _ = ch.shutdown().await;
-                Ok::<_, fabric::frame::FrameError>(())
-            };
-            if let Err(e) = answered.await {
-                tracing::debug!(error = %e, "probe not answered");
+    serve(
+        transport,
+        PROBE_SERVICE,
+        members,
+        shutdown,
+        move |mut ch| {
+            let name = name.clone();
+            async move {
+                let answered = async {
+                    read_frame(&mut ch, PROBE_MAX_FRAME).await?;
+                    write_frame(&mut ch, name.as_bytes(), PROBE_MAX_FRAME).await?;
+                    let _ = ch.shutdown().await;
+                    Ok::<_, fabric::frame::FrameError>(())
+                };
+                if let Err(e) = answered.await {
+                    tracing::debug!(error = %e, "probe not answered");
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 struct Runner {
@@ -467,6 +521,7 @@ struct Runner {
     edges: EdgeInventory,
     last_probe_round: BTreeMap<String, Instant>,
     ranker: Arc<PlannerRanker>,
+    members: Members,
     metrics: PeerMetrics,
     resilience: Option<ResilienceReport>,
     /// When each planned peer was last dialled for upkeep.
@@ -585,6 +640,12 @@ impl Runner {
                 self.transport.set_peer(*id, bootstrap_info(*addr));
             }
         }
+        self.members.set(
+            dir.nodes
+                .values()
+                .map(|n| n.node_id)
+                .chain(self.cfg.bootstrap.iter().map(|(id, _)| *id)),
+        );
         self.dir = dir;
     }
 
@@ -839,6 +900,7 @@ impl Runner {
             observations: self.observations.clone(),
             edge_listeners: self.edges.entries(),
             peer_metrics: self.metrics,
+            refused_channels: self.members.refused(),
             resilience: self.resilience.clone(),
             updated_ms: now,
         };

@@ -39,6 +39,9 @@ pub struct NodeStatus {
     pub edge_listeners: Vec<EdgeEntry>,
     /// The seed's P3 metrics: `direct_ready_count`, `relay_ready_count`, ...
     pub peer_metrics: PeerMetrics,
+    /// Gossip/probe channels refused because the peer has no node record here.
+    #[serde(default)]
+    pub refused_channels: u64,
     /// For a critical node with a resilience target: which targets are unmet.
     pub resilience: Option<ResilienceReport>,
     pub updated_ms: u64,
@@ -76,6 +79,7 @@ impl NodeStatus {
             observations: BTreeMap::new(),
             edge_listeners: Vec::new(),
             peer_metrics: PeerMetrics::default(),
+            refused_channels: 0,
             resilience: None,
             updated_ms: 0,
         }

@@ -53,7 +53,8 @@ async fn flood_of_forged_expired_and_rolled_back_records_is_refused_everywhere_a
     })
     .await;
 
-    // The rogue: a real node key, a real socket, no role in the trust root.
+    // The rogue: a fleet member gone bad. Its node record is genuine (so its
+    // channels are served), its key has no role in the trust root.
     let rogue_id = NodeIdentity::generate();
     let rogue_key = rogue_id.signing_key().clone();
     let rogue = Transport::bind(
@@ -62,6 +63,35 @@ async fn flood_of_forged_expired_and_rolled_back_records_is_refused_everywhere_a
     )
     .await
     .expect("rogue binds");
+    let rogue_node = Spec::FabricNode(fabric_schemas::kinds::FabricNodeSpec {
+        area: "rogue".into(),
+        site_id: "rogue-site".into(),
+        locality_group: "rogue-lan".into(),
+        nat_group: "rogue-nat".into(),
+        node_id: Some(rogue_id.node_id().to_string()),
+        roles: vec![],
+        endpoints: vec![fabric_schemas::kinds::EndpointSpec {
+            address: rogue.local_addr().expect("addr").to_string(),
+            scope: fabric_schemas::kinds::EndpointScopeSpec::Public,
+            locality_group: None,
+            nat_group: None,
+        }],
+        critical: false,
+        resilience_target: None,
+    });
+    let rec = fleet.sign(&rogue_node, "rogue-1", 1).expect("sign");
+    let seed = fleet.members[0].name.clone();
+    fleet
+        .handle(&seed)
+        .expect("up")
+        .inject(rec)
+        .await
+        .expect("accepted");
+    let total = total + 1;
+    wait_all(&fleet, "rogue's node record everywhere", |s| {
+        s.directory_records == total
+    })
+    .await;
     let now = now_unix();
     let hijack = Spec::ServiceRecord(ServiceRecordSpec {
         service: "control-api".into(),
@@ -181,8 +211,10 @@ async fn flood_of_forged_expired_and_rolled_back_records_is_refused_everywhere_a
         for reason in ["unknown_signer", "expired"] {
             assert!(
                 st.rejections.get(reason).copied().unwrap_or(0) > 0,
-                "{name}: no {reason} counted: {:?}",
-                st.rejections
+                "{name}: no {reason} counted: {:?}; gossip {:?}; refused channels {}",
+                st.rejections,
+                st.gossip_rejections,
+                st.refused_channels
             );
         }
         // Rollbacks are refused by the gossip core's generation check before any
@@ -224,5 +256,74 @@ async fn flood_of_forged_expired_and_rolled_back_records_is_refused_everywhere_a
     })
     .await;
     rogue.shutdown().await;
+    fleet.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_outside_the_directory_is_turned_away_before_any_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut fleet = LocalFleet::start(
+        &synthetic_nodes(3),
+        FleetOptions::new(dir.path().to_path_buf()),
+    )
+    .await
+    .expect("fleet");
+    let total = fleet.expected_records();
+    wait_all(&fleet, "converged", |s| s.directory_records == total).await;
+    let stranger_id = NodeIdentity::generate();
+    let stranger = Transport::bind(
+        &stranger_id,
+        TransportConfig::new("127.0.0.1:0".parse().expect("addr")),
+    )
+    .await
+    .expect("binds");
+    let target = &fleet.members[1];
+    stranger.set_peer(
+        target.node_id,
+        PeerInfo {
+            candidates: vec![EndpointCandidate {
+                addr: target.addr,
+                scope: EndpointScope::Public,
+                locality_group: None,
+                nat_group: None,
+            }],
+            ..PeerInfo::default()
+        },
+    );
+    let now = now_unix();
+    let spec = Spec::ServiceRecord(ServiceRecordSpec {
+        service: "x".into(),
+        providers: vec![],
+    });
+    let rec = Record::new(&spec, "x", 1, now, now + 60, Scope::any()).expect("record");
+    let junk = gossip_env(Envelope::sign(rec, &[stranger_id.signing_key()]).encode());
+    let msg = wire::encode(&wire::Message::Rumor {
+        envelopes: vec![junk],
+    })
+    .expect("encode");
+    for _ in 0..20 {
+        if let Ok(mut ch) = stranger.open(target.node_id, "gossip").await {
+            let _ = write_frame(&mut ch, &msg, wire::MAX_MESSAGE_BYTES).await;
+            let _ = ch.shutdown().await;
+        }
+    }
+    let h = fleet.handle(&target.name).expect("up");
+    let start = Instant::now();
+    while h.status().refused_channels < 20 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "refusals not counted: {}",
+            h.status().refused_channels
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = h.status();
+    assert!(
+        st.rejections.is_empty(),
+        "a stranger's records reached admission: {:?}",
+        st.rejections
+    );
+    assert_eq!(st.directory_records, total);
+    stranger.shutdown().await;
     fleet.stop_all().await;
 }

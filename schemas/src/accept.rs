@@ -11,7 +11,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 
 use crate::envelope::{DecodeError, Envelope};
 use crate::kinds::{Kind, Spec};
-use crate::scope::ScopeTerm;
+use crate::scope::{Scope, ScopeTerm};
 use crate::trust::{Role, TrustAnchor};
 
 /// How far a record's `issued_at` may be ahead of our clock before it is
@@ -22,10 +22,24 @@ pub const MAX_CLOCK_SKEW_SECS: i64 = 30;
 pub type RecordKey = (Kind, String);
 
 /// What a node already holds for a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldRecord {
     pub generation: u64,
     pub digest: [u8; 32],
+    /// The held record's scope: a replacement must come from signers whose
+    /// grants cover it too, so a narrowly scoped key cannot take over a record
+    /// it could never have issued.
+    pub scope: Scope,
+}
+
+impl HeldRecord {
+    pub fn of(envelope: &Envelope) -> HeldRecord {
+        HeldRecord {
+            generation: envelope.record.generation,
+            digest: envelope.digest(),
+            scope: envelope.record.scope.clone(),
+        }
+    }
 }
 
 /// Read access to the records a node holds, for rollback checks.
@@ -35,7 +49,7 @@ pub trait HeldState {
 
 impl HeldState for BTreeMap<RecordKey, HeldRecord> {
     fn held(&self, kind: Kind, name: &str) -> Option<HeldRecord> {
-        self.get(&(kind, name.to_owned())).copied()
+        self.get(&(kind, name.to_owned())).cloned()
     }
 }
 
@@ -282,6 +296,17 @@ fn precheck(
             });
         }
     }
+    let held_record = held.held(record.kind, &record.name);
+    if let Some(h) = &held_record {
+        for k in &signers {
+            if let Some(term) = h.scope.first_uncovered(&k.grant) {
+                return Err(Rejection::ScopeTooWide {
+                    key_id: k.id.clone(),
+                    term: format!("{term} (scope of the record it would replace)"),
+                });
+            }
+        }
+    }
     if record.issued_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
         return Err(Rejection::NotYetValid {
             issued_at: record.issued_at,
@@ -295,7 +320,7 @@ fn precheck(
         });
     }
     let digest = envelope.digest();
-    let novelty = match held.held(record.kind, &record.name) {
+    let novelty = match held_record {
         None => Novelty::New,
         Some(h) if record.generation < h.generation => {
             return Err(Rejection::GenerationRollback {
@@ -334,26 +359,62 @@ fn precheck(
     })
 }
 
-/// A node record must name its own node in scope terms the signer could grant:
-/// otherwise a key scoped to `area:eu` could publish a node record claiming to
-/// be in another area under a scope of `area:eu`.
+/// What a scope may say depends on the kind:
+/// - a node record's terms must name its own area, site, NAT group or node,
+///   so a key scoped to `area:eu` cannot publish a node claiming another area;
+/// - an update intent scoped to areas may only target those areas;
+/// - service records, rollout policies and trust roots are fleet-wide (`*`):
+///   a narrower key must not be able to redirect a service for everyone.
 fn check_spec_scope(spec: &Spec, record: &crate::envelope::Record) -> Result<(), Rejection> {
-    let Spec::FabricNode(node) = spec else {
-        return Ok(());
-    };
-    let ok = record.scope.terms().iter().all(|t| match t {
-        ScopeTerm::Any => true,
-        ScopeTerm::Area(a) => *a == node.area,
-        ScopeTerm::Site(s) => *s == node.site_id,
-        ScopeTerm::NatGroup(n) => *n == node.nat_group,
-        ScopeTerm::Node(n) => *n == record.name,
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(Rejection::Malformed(format!(
-            "scope {} does not match node {:?} (area {}, site {}, nat {})",
-            record.scope, record.name, node.area, node.site_id, node.nat_group
-        )))
+    let any = record.scope.terms() == [ScopeTerm::Any];
+    match spec {
+        Spec::FabricNode(node) => {
+            let ok = record.scope.terms().iter().all(|t| match t {
+                ScopeTerm::Any => true,
+                ScopeTerm::Area(a) => *a == node.area,
+                ScopeTerm::Site(s) => *s == node.site_id,
+                ScopeTerm::NatGroup(n) => *n == node.nat_group,
+                ScopeTerm::Node(n) => *n == record.name,
+            });
+            if ok {
+                Ok(())
+            } else {
+                Err(Rejection::Malformed(format!(
+                    "scope {} does not match node {:?} (area {}, site {}, nat {})",
+                    record.scope, record.name, node.area, node.site_id, node.nat_group
+                )))
+            }
+        }
+        Spec::UpdateIntent(intent) if !any => {
+            let areas: Vec<&String> = record
+                .scope
+                .terms()
+                .iter()
+                .filter_map(|t| match t {
+                    ScopeTerm::Area(a) => Some(a),
+                    _ => None,
+                })
+                .collect();
+            let t = &intent.target;
+            let ok = areas.len() == record.scope.terms().len()
+                && !t.all
+                && !t.areas.is_empty()
+                && t.areas.iter().all(|a| areas.contains(&a));
+            if ok {
+                Ok(())
+            } else {
+                Err(Rejection::Malformed(format!(
+                    "an UpdateIntent scoped {} must target only those areas (target.areas {:?})",
+                    record.scope, t.areas
+                )))
+            }
+        }
+        Spec::ServiceRecord(_) | Spec::RolloutPolicy(_) | Spec::TrustRoot(_) if !any => {
+            Err(Rejection::Malformed(format!(
+                "a {} is fleet-wide: its scope must be *, not {}",
+                record.kind, record.scope
+            )))
+        }
+        _ => Ok(()),
     }
 }

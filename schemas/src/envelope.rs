@@ -70,6 +70,8 @@ pub enum RecordError {
     Name(String),
     #[error("expires_at {expires_at} is not after issued_at {issued_at}")]
     Lifetime { issued_at: i64, expires_at: i64 },
+    #[error("scope has {0} terms or a value longer than {MAX_NAME_BYTES} bytes")]
+    Scope(usize),
 }
 
 impl Record {
@@ -84,6 +86,14 @@ impl Record {
     ) -> Result<Record, RecordError> {
         if name.is_empty() || name.len() > MAX_NAME_BYTES {
             return Err(RecordError::Name(name.to_owned()));
+        }
+        if scope.terms().len() > MAX_SCOPE_TERMS
+            || scope
+                .terms()
+                .iter()
+                .any(|t| t.value().len() > MAX_NAME_BYTES)
+        {
+            return Err(RecordError::Scope(scope.terms().len()));
         }
         if expires_at <= issued_at {
             return Err(RecordError::Lifetime {
@@ -212,11 +222,13 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// Signs `record` with every key in `keys`.
+    /// Signs `record` with every key in `keys` (at most [`MAX_SIGNATURES`] are
+    /// used: an envelope carries no more).
     pub fn sign(record: Record, keys: &[&SigningKey]) -> Envelope {
         let body = record.encode_body();
         let signatures = keys
             .iter()
+            .take(MAX_SIGNATURES)
             .map(|k| SignatureEntry {
                 public_key: k.verifying_key().to_bytes(),
                 signature: k.sign(&body).to_bytes(),
@@ -229,8 +241,12 @@ impl Envelope {
         }
     }
 
-    /// Adds one more signature (for threshold signing by several holders).
+    /// Adds one more signature (for threshold signing by several holders);
+    /// ignored once the envelope carries [`MAX_SIGNATURES`].
     pub fn add_signature(&mut self, key: &SigningKey) {
+        if self.signatures.len() >= MAX_SIGNATURES {
+            return;
+        }
         self.signatures.push(SignatureEntry {
             public_key: key.verifying_key().to_bytes(),
             signature: key.sign(&self.body).to_bytes(),

@@ -61,8 +61,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyFileE
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    // A leftover temp file (a crash, a reused pid) could carry wider
+    // permissions than `mode`; start from a fresh file so `mode` applies.
+    let _ = fs::remove_file(&tmp);
     let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -70,11 +73,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyFileE
     }
     #[cfg(not(unix))]
     let _ = mode;
-    let mut f = opts.open(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io)?;
+    let written = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        // Never leave a partial temp file behind (a full disk, say).
+        let _ = fs::remove_file(&tmp);
+        return Err(io(e));
+    }
     if let Ok(d) = fs::File::open(dir) {
         // Persist the rename itself; failure here only weakens durability, not correctness.
         let _ = d.sync_all();

@@ -18,10 +18,7 @@ fn held_from(bytes: &[u8]) -> BTreeMap<RecordKey, HeldRecord> {
     let mut m = BTreeMap::new();
     m.insert(
         (env.record.kind, env.record.name.clone()),
-        HeldRecord {
-            generation: env.record.generation,
-            digest: env.digest(),
-        },
+        HeldRecord::of(&env),
     );
     m
 }
@@ -363,4 +360,103 @@ fn batch_matches_single_on_a_mixed_set() {
     assert!(accept_batch(&f.trust, &NothingHeld, &good_refs, NOW)
         .iter()
         .all(Result::is_ok));
+}
+
+#[test]
+fn a_scoped_key_cannot_replace_a_record_outside_its_grant() {
+    let plan = fabric_schemas::keys::TrustRootPlan {
+        control_keys: 2,
+        ..fabric_schemas::keys::TrustRootPlan::single_keys(NOW + 86_400)
+    };
+    let (mut spec, keys) = fabric_schemas::keys::generate_trust_root(&plan);
+    for k in &mut spec.keys {
+        if k.id == "control-2" {
+            k.scope = vec!["area:eu".into()];
+        }
+    }
+    let trust = fabric_schemas::TrustAnchor::from_spec(&spec).expect("valid");
+    let key = |id: &str| &keys.iter().find(|k| k.id == id).expect("key").key;
+    // The real node record, fleet-wide, signed by the unscoped control key.
+    let us = Spec::FabricNode(node_spec("us"));
+    let real = Envelope::sign(record(&us, "us-node-1", 1), &[key("control-1")]).encode();
+    let held = held_from(&real);
+    // The eu-scoped key renames it into its own area at a higher generation.
+    let hijack = Spec::FabricNode(node_spec("eu"));
+    let scoped = Scope::new(vec![ScopeTerm::Area("eu".into())]).expect("scope");
+    let rec = Record::new(&hijack, "us-node-1", 2, NOW, NOW + 60, scoped.clone()).expect("record");
+    let bytes = Envelope::sign(rec, &[key("control-2")]).encode();
+    let r = accept(&trust, &held, &bytes, NOW).expect_err("refused");
+    assert_eq!(r.reason(), "scope_too_wide", "{r}");
+    assert!(r.to_string().contains("record it would replace"), "{r}");
+    // A brand-new eu node is within its grant.
+    let rec = Record::new(&hijack, "eu-node-9", 1, NOW, NOW + 60, scoped).expect("record");
+    accept(
+        &trust,
+        &NothingHeld,
+        &Envelope::sign(rec, &[key("control-2")]).encode(),
+        NOW,
+    )
+    .expect("inside the grant");
+}
+
+#[test]
+fn fleet_wide_kinds_refuse_a_narrow_scope_and_intents_stay_in_their_areas() {
+    let f = Fixture::new();
+    let scoped = Scope::new(vec![ScopeTerm::Area("eu".into())]).expect("scope");
+    let rec = Record::new(
+        &service_spec(),
+        "control-api",
+        1,
+        NOW,
+        NOW + 60,
+        scoped.clone(),
+    )
+    .expect("record");
+    let r = accept(
+        &f.trust,
+        &NothingHeld,
+        &Envelope::sign(rec, &[f.control()]).encode(),
+        NOW,
+    )
+    .expect_err("refused");
+    assert!(r.to_string().contains("fleet-wide"), "{r}");
+
+    let intent = |areas: Vec<String>, all: bool| {
+        Spec::UpdateIntent(fabric_schemas::kinds::UpdateIntentSpec {
+            component: Component::NodeAgent,
+            version: "1".into(),
+            artifact: fabric_schemas::kinds::ArtifactSpec {
+                sha256: "a".repeat(64),
+                size: 1,
+                mirrors: vec!["https://example.com/a".into()],
+            },
+            target: fabric_schemas::kinds::TargetSelector {
+                all,
+                areas,
+                ..Default::default()
+            },
+            policy: "p".into(),
+        })
+    };
+    let sign = |spec: &Spec| {
+        let rec = Record::new(spec, "i", 1, NOW, NOW + 60, scoped.clone()).expect("record");
+        Envelope::sign(rec, &[f.control()]).encode()
+    };
+    accept(
+        &f.trust,
+        &NothingHeld,
+        &sign(&intent(vec!["eu".into()], false)),
+        NOW,
+    )
+    .expect("eu only");
+    for bad in [
+        intent(vec!["eu".into(), "us".into()], false),
+        intent(vec![], true),
+    ] {
+        let r = accept(&f.trust, &NothingHeld, &sign(&bad), NOW).expect_err("refused");
+        assert!(
+            r.to_string().contains("must target only those areas"),
+            "{r}"
+        );
+    }
 }

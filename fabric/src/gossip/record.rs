@@ -175,7 +175,10 @@ impl RejectReason {
     /// weigh little; anything that cannot come from an honest peer weighs more.
     pub(crate) fn strike_weight(self) -> u32 {
         match self {
-            RejectReason::Stale | RejectReason::Expired | RejectReason::Conflict => 1,
+            // Honest peers keep offering records that expired since they
+            // took them; that must never get them banned.
+            RejectReason::Expired => 0,
+            RejectReason::Stale | RejectReason::Conflict => 1,
             _ => 4,
         }
     }
