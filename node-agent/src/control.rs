@@ -543,6 +543,9 @@ impl ControlConfigFile {
 
 pub const DEFAULT_MAX_FAILURES: u32 = 3;
 
+/// Largest heartbeat reply accepted from a compat (HTTP) control endpoint.
+pub const MAX_COMPAT_REPLY_BYTES: usize = 256 * 1024;
+
 // ---------------------------------------------------------------------------
 // Driver
 // ---------------------------------------------------------------------------
@@ -572,7 +575,7 @@ impl CanonicalSource for StateDirCanonical {
     fn canonical(&self) -> Vec<ControlEndpoint> {
         let now = now_ms();
         let crate::cache::Loaded::Restored(content) =
-            crate::cache::load(&crate::cache::path_in(&self.state_dir), now)
+            crate::cache::read(&crate::cache::path_in(&self.state_dir))
         else {
             return Vec::new();
         };
@@ -873,7 +876,12 @@ impl ControlDriver {
                     self.failures = 0;
                     st.heartbeats_ok += 1;
                     st.update_hints = reply.update_hints;
-                    st.advertised_endpoints = reply.control_endpoints;
+                    // Only an authenticated fabric reply may steer where the
+                    // session goes next; a compat (plain HTTP) reply could be
+                    // forged by anyone on the path.
+                    if matches!(session, Session::Fabric { .. }) {
+                        st.advertised_endpoints = reply.control_endpoints;
+                    }
                     st.last_error = None;
                 }
                 Ok(reply) => {
@@ -999,11 +1007,11 @@ async fn compat_post(
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     let status = resp.status();
-    let bytes = resp
-        .into_body()
+    // A compat server is plain HTTP over TCP: never buffer more than a reply can be.
+    let bytes = http_body_util::Limited::new(resp.into_body(), MAX_COMPAT_REPLY_BYTES)
         .collect()
         .await
-        .map_err(|e| format!("{url}: {e}"))?
+        .map_err(|e| format!("{url}: reply refused: {e}"))?
         .to_bytes();
     if !status.is_success() {
         return Err(format!(

@@ -183,7 +183,8 @@ spec: {{service: control-api, providers: [ctl]}}
     assert_eq!(st.endpoint.as_ref(), Some(&compat_ep), "{st:?}");
     assert_eq!(st.heartbeats_ok, 1, "{st:?}");
     let canonical = ControlEndpoint::fabric(ctl.node_id());
-    assert_eq!(st.advertised_endpoints, vec![canonical.to_string()]);
+    // A plain-HTTP compat reply is unauthenticated: it must not steer the session.
+    assert!(st.advertised_endpoints.is_empty(), "{st:?}");
     let audit = within(operator.audit(None)).await.expect("audit");
     assert_eq!(audit.compat_control_dependency_nodes, vec!["legacy"]);
     let c2 = audit
