@@ -172,6 +172,8 @@ fn main() {
         c.set_peer(idb.node_id(), PeerInfo::default());
         c.set_peer(idr.node_id(), public(r.local_addr().expect("addr"), true));
         r.set_peer(idb.node_id(), public(b_addr, false));
+        // B takes tunnel offers only from relays its address book knows.
+        b.set_peer(idr.node_id(), public(r.local_addr().expect("addr"), true));
         let mut listener = b.listen("sink").expect("listen");
         tokio::spawn(async move {
             while let Some(ch) = listener.accept().await {

@@ -16,10 +16,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::topology::NodeId;
 use crate::transport::Transport;
@@ -317,14 +319,58 @@ impl Drop for IngressHandle {
     }
 }
 
+/// Limits of an ingress edge. External clients are untrusted: without them one
+/// client could hold unbounded connections, channels and tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngressLimits {
+    /// TCP connections bridged at once; more are accepted and closed at once.
+    pub max_concurrent: usize,
+    /// How long opening the fabric channel may take before the client is
+    /// dropped.
+    pub open_timeout: Duration,
+    /// A bridge with no bytes moving in either direction for this long is
+    /// closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for IngressLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 256,
+            open_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
 /// Opens a `service-ingress` listener on `bind` and maps each TCP connection
-/// into a fabric channel to `service` on `node`.
+/// into a fabric channel to `service` on `node`, with [`IngressLimits::default`].
 pub async fn spawn_ingress(
     inventory: &EdgeInventory,
     transport: Transport,
     bind: SocketAddr,
     node: NodeId,
     service: &str,
+) -> Result<IngressHandle, EdgeError> {
+    spawn_ingress_with(
+        inventory,
+        transport,
+        bind,
+        node,
+        service,
+        IngressLimits::default(),
+    )
+    .await
+}
+
+/// Like [`spawn_ingress`] with explicit limits.
+pub async fn spawn_ingress_with(
+    inventory: &EdgeInventory,
+    transport: Transport,
+    bind: SocketAddr,
+    node: NodeId,
+    service: &str,
+    limits: IngressLimits,
 ) -> Result<IngressHandle, EdgeError> {
     let listener = inventory
         .bind(
@@ -343,6 +389,7 @@ pub async fn spawn_ingress(
     })?;
     let (stop, mut stopped) = watch::channel(false);
     let service = service.to_owned();
+    let slots = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -358,10 +405,18 @@ pub async fn spawn_ingress(
                     continue;
                 }
             };
+            // Over the limit the client is closed right away rather than left
+            // in the accept backlog: it learns at once and can retry elsewhere.
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(edge = %local_addr, %client, limit = limits.max_concurrent, "ingress at its connection limit; closing client");
+                drop(tcp);
+                continue;
+            };
             let transport = transport.clone();
             let service = service.clone();
             tokio::spawn(async move {
-                if let Err(e) = bridge(tcp, &transport, node, &service).await {
+                let _permit = permit;
+                if let Err(e) = bridge(tcp, &transport, node, &service, limits).await {
                     tracing::info!(edge = %local_addr, %client, peer = %node.short(), service, error = %e, "ingress connection ended with error");
                 }
             });
@@ -376,6 +431,10 @@ pub async fn spawn_ingress(
 enum BridgeError {
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
+    #[error("opening the channel took longer than {0:?}")]
+    OpenTimeout(Duration),
+    #[error("no data in either direction for {0:?}")]
+    Idle(Duration),
     #[error("copying: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -385,11 +444,66 @@ async fn bridge(
     transport: &Transport,
     node: NodeId,
     service: &str,
+    limits: IngressLimits,
 ) -> Result<(), BridgeError> {
-    let mut channel = transport.open(node, service).await?;
-    let (up, down) = tokio::io::copy_bidirectional(&mut tcp, &mut channel).await?;
+    let mut channel = tokio::time::timeout(limits.open_timeout, transport.open(node, service))
+        .await
+        .map_err(|_| BridgeError::OpenTimeout(limits.open_timeout))??;
+    let (up, down) = copy_with_idle_timeout(&mut tcp, &mut channel, limits.idle_timeout).await?;
     tracing::debug!(peer = %node.short(), service, up, down, "ingress connection done");
     Ok(())
+}
+
+/// Copies both ways until both sides have finished, like
+/// `tokio::io::copy_bidirectional`, but fails with [`BridgeError::Idle`] when
+/// no byte moves in either direction for `idle` (a write that cannot make
+/// progress for `idle` counts as idle too). Without it a client that goes
+/// silent would hold its slot, its channel and the task forever.
+async fn copy_with_idle_timeout<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+) -> Result<(u64, u64), BridgeError>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let mut up_buf = vec![0u8; 16 * 1024];
+    let mut down_buf = vec![0u8; 16 * 1024];
+    let (mut up, mut down) = (0u64, 0u64);
+    let (mut up_done, mut down_done) = (false, false);
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    while !(up_done && down_done) {
+        tokio::select! {
+            // Reads are cancel-safe: a read that loses the race consumed nothing.
+            r = ar.read(&mut up_buf), if !up_done => {
+                let n = r?;
+                if n == 0 {
+                    up_done = true;
+                    tokio::time::timeout(idle, bw.shutdown()).await.map_err(|_| BridgeError::Idle(idle))??;
+                } else {
+                    tokio::time::timeout(idle, bw.write_all(&up_buf[..n])).await.map_err(|_| BridgeError::Idle(idle))??;
+                    up += n as u64;
+                }
+            }
+            r = br.read(&mut down_buf), if !down_done => {
+                let n = r?;
+                if n == 0 {
+                    down_done = true;
+                    tokio::time::timeout(idle, aw.shutdown()).await.map_err(|_| BridgeError::Idle(idle))??;
+                } else {
+                    tokio::time::timeout(idle, aw.write_all(&down_buf[..n])).await.map_err(|_| BridgeError::Idle(idle))??;
+                    down += n as u64;
+                }
+            }
+            _ = &mut timer => return Err(BridgeError::Idle(idle)),
+        }
+        timer.as_mut().reset(tokio::time::Instant::now() + idle);
+    }
+    Ok((up, down))
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -182,6 +182,10 @@ pub struct RelayStats {
     pub dropped_malformed: u64,
     /// Dropped: the onward send or the hand-over to the endpoint failed.
     pub dropped_send_failed: u64,
+    /// Dropped: a datagram arrived on the real socket from an address inside
+    /// the virtual tunnel ranges. Those addresses never appear on a wire, so
+    /// such a source is spoofed (it would otherwise pass as tunnel traffic).
+    pub dropped_spoofed_virtual: u64,
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +198,7 @@ pub(crate) struct RelayCounters {
     pub rate_limited: AtomicU64,
     pub malformed: AtomicU64,
     pub send_failed: AtomicU64,
+    pub spoofed_virtual: AtomicU64,
 }
 
 impl RelayCounters {
@@ -212,6 +217,7 @@ impl RelayCounters {
             dropped_rate_limited: g(&self.rate_limited),
             dropped_malformed: g(&self.malformed),
             dropped_send_failed: g(&self.send_failed),
+            dropped_spoofed_virtual: g(&self.spoofed_virtual),
         }
     }
 }
@@ -282,6 +288,9 @@ struct Leg {
     from: LegEnd,
     to: LegEnd,
     limit: Option<Arc<Mutex<Bucket>>>,
+    /// Set once a packet from `from` was accepted: the relay's only sign that
+    /// the end-to-end connection it carries got going.
+    used: Arc<AtomicBool>,
 }
 
 /// Where the relay sends an admitted batch of packets.
@@ -348,6 +357,7 @@ impl ForwardTable {
                     from: a,
                     to: b,
                     limit: limit.clone(),
+                    used: Arc::new(AtomicBool::new(false)),
                 },
             );
             m.insert(
@@ -356,6 +366,7 @@ impl ForwardTable {
                     from: b,
                     to: a,
                     limit,
+                    used: Arc::new(AtomicBool::new(false)),
                 },
             );
         }
@@ -384,6 +395,16 @@ impl ForwardTable {
                 }
             }
         }
+    }
+
+    /// Whether both legs of a tunnel have sent at least one packet through it
+    /// (an end-to-end handshake needs both directions).
+    pub(crate) fn carried(&self, a: &Token, b: &Token) -> bool {
+        self.map.read().is_ok_and(|m| {
+            [a, b]
+                .iter()
+                .all(|t| m.get(*t).is_some_and(|l| l.used.load(Ordering::Relaxed)))
+        })
     }
 
     pub(crate) fn remove_pair(&self, a: &Token, b: &Token) {
@@ -421,6 +442,9 @@ impl ForwardTable {
         let leg = map.get(token).ok_or(Refusal::UnknownToken)?;
         if leg.from.addr != src {
             return Err(Refusal::WrongSource);
+        }
+        if !leg.used.load(Ordering::Relaxed) {
+            leg.used.store(true, Ordering::Relaxed);
         }
         let admitted = match &leg.limit {
             Some(bucket) => bucket

@@ -19,7 +19,11 @@ async fn relay_death_fails_over_to_the_second_relay_and_a_restored_direct_path_w
     a.t.set_peer(r1.id, relay_at(r1.addr));
     a.t.set_peer(r2.id, relay_at(r2.addr));
     r1.t.set_peer(b.id, public(b.addr));
+    // Targets take tunnel offers only from relays their address book knows.
+    b.t.set_peer(r1.id, relay_at(r1.addr));
     r2.t.set_peer(b.id, public(b.addr));
+    // Targets take tunnel offers only from relays their address book knows.
+    b.t.set_peer(r2.id, relay_at(r2.addr));
 
     let mut ch = timeout(STEP, a.t.open(b.id, "echo"))
         .await

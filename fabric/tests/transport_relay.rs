@@ -64,6 +64,8 @@ async fn relayed_pair() -> RelayedPair {
     a.t.set_peer(b.id, public(closed_udp_port()));
     a.t.set_peer(r.id, relay_at(r.addr));
     r.t.set_peer(b.id, public(b.addr));
+    // Targets take tunnel offers only from relays their address book knows.
+    b.t.set_peer(r.id, relay_at(r.addr));
     RelayedPair {
         a,
         b,

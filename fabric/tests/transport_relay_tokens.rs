@@ -115,6 +115,8 @@ async fn forged_and_unknown_tokens_are_dropped_and_counted() {
     a.t.set_peer(b.id, public(closed_udp_port()));
     a.t.set_peer(r.id, relay_at(r.addr));
     r.t.set_peer(b.id, public(b.addr));
+    // Targets take tunnel offers only from relays their address book knows.
+    b.t.set_peer(r.id, relay_at(r.addr));
     echo_ok(&a, &b, b"through the relay").await;
     assert_eq!(a.t.path_to(b.id), Some(PathKind::Relayed { via: r.id }));
     let before_r = r.t.relay_stats();
@@ -181,6 +183,8 @@ async fn a_packet_replayed_from_another_tunnel_or_after_the_tunnel_closed_is_dro
         n.t.set_peer(r.id, relay_at(p.front_addr));
     }
     r.t.set_peer(b.id, public(b.addr));
+    // Targets take tunnel offers only from relays their address book knows.
+    b.t.set_peer(r.id, relay_at(r.addr));
     echo_ok(&a, &b, b"tunnel one").await;
     echo_ok(&c, &b, b"tunnel two").await;
     assert_eq!(r.t.relayed_tunnels(), 2);
@@ -243,6 +247,8 @@ async fn garbage_to_the_relay_socket_does_not_crash_or_wedge_it() {
     a.t.set_peer(b.id, public(closed_udp_port()));
     a.t.set_peer(r.id, relay_at(r.addr));
     r.t.set_peer(b.id, public(b.addr));
+    // Targets take tunnel offers only from relays their address book knows.
+    b.t.set_peer(r.id, relay_at(r.addr));
     let mut ch = timeout(STEP, a.t.open(b.id, "echo"))
         .await
         .expect("in time")
@@ -322,6 +328,8 @@ async fn a_tunnel_is_rate_limited_at_the_relay() {
     a.t.set_peer(b.id, public(closed_udp_port()));
     a.t.set_peer(r.id, relay_at(r.addr));
     r.t.set_peer(b.id, public(b.addr));
+    // Targets take tunnel offers only from relays their address book knows.
+    b.t.set_peer(r.id, relay_at(r.addr));
     let mut ch = timeout(STEP, a.t.open(b.id, "echo"))
         .await
         .expect("in time")

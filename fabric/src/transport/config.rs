@@ -42,10 +42,37 @@ pub struct TransportConfig {
     pub drain_grace: Duration,
     /// Concurrent bidirectional streams a peer may open on one connection.
     pub max_streams_per_connection: u32,
-    /// Connections accepted at once; more are refused.
+    /// Connections at once, counting incoming handshakes still in progress and
+    /// displaced connections still draining; incoming connections beyond it are
+    /// refused.
     pub max_connections: usize,
+    /// Live connections per peer `NodeId` (the cached one plus replaced ones
+    /// still draining). Beyond it the oldest replaced connections are closed at
+    /// once, so one key cannot pile up connections by reconnecting.
+    pub max_connections_per_peer: usize,
+    /// Bytes a peer may have in flight to us on one connection, all streams
+    /// together (QUIC connection flow-control window). Bounds what one peer can
+    /// make us buffer.
+    pub receive_window: u64,
+    /// Bytes a peer may have in flight to us on one stream (channel).
+    pub stream_receive_window: u64,
     /// Tunnels this node relays, and tunnels it terminates, at once.
     pub max_tunnels: usize,
+    /// Relay role: tunnels one requesting `NodeId` may hold through this relay
+    /// at once, so a single key cannot take all `max_tunnels`.
+    pub relay_tunnels_per_peer: usize,
+    /// A tunnel whose end-to-end connection is not up this long after the relay
+    /// granted it is torn down (at the relay and at the target), so granted but
+    /// unused tunnels do not hold slots.
+    pub tunnel_setup_timeout: Duration,
+    /// Path ladder: relays tried per connection attempt, best ranked first.
+    pub max_relays_per_open: usize,
+    /// Path ladder: overall deadline for finding a path to a peer (waiting for
+    /// a concurrent dial included); bounds how long the per-peer dial lock is held.
+    pub open_deadline: Duration,
+    /// Entries kept in the per-`(peer, address)` dial counters (`probe_count`);
+    /// when full, the least recently dialled entry is forgotten.
+    pub max_probe_entries: usize,
     /// Relay role: bytes per second one tunnel may push through this relay (both
     /// directions together); `None` for no limit. A backstop so one tunnel cannot
     /// monopolise a relay, not a fair-share scheduler: set it to a share of the
@@ -71,7 +98,15 @@ impl TransportConfig {
             drain_grace: Duration::from_secs(30),
             max_streams_per_connection: 256,
             max_connections: 4096,
+            max_connections_per_peer: 4,
+            receive_window: 8 << 20,
+            stream_receive_window: 256 << 10,
             max_tunnels: 1024,
+            relay_tunnels_per_peer: 16,
+            tunnel_setup_timeout: Duration::from_secs(10),
+            max_relays_per_open: 3,
+            open_deadline: Duration::from_secs(20),
+            max_probe_entries: 4096,
             // 1 GiB/s: above any single uplink we run today, so the default only
             // stops a runaway tunnel.
             relay_tunnel_rate: Some(1 << 30),
@@ -89,6 +124,12 @@ fn base(config: &TransportConfig) -> quinn::TransportConfig {
     }
     tc.keep_alive_interval(Some(config.keep_alive));
     tc.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams_per_connection));
+    // quinn's default connection window is unlimited (only the per-stream window
+    // bounds it, times the stream count): set both explicitly so a peer that
+    // sends without the service reading cannot make us buffer unbounded data.
+    // Values above the varint range are clamped to it.
+    tc.receive_window(VarInt::try_from(config.receive_window).unwrap_or(VarInt::MAX));
+    tc.stream_receive_window(VarInt::try_from(config.stream_receive_window).unwrap_or(VarInt::MAX));
     // Channels are bidirectional streams only.
     tc.max_concurrent_uni_streams(VarInt::from_u32(0));
     // No QUIC datagrams: relay traffic is plain UDP beside the connections (see

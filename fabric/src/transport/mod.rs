@@ -9,10 +9,13 @@
 mod config;
 mod error;
 mod socket;
+#[cfg(test)]
+mod tests;
 mod tunnel;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -40,6 +43,7 @@ pub(crate) mod close_code {
     pub const IDENTITY: u32 = 3;
     pub const DISCONNECT: u32 = 4;
     pub const PROBE_DONE: u32 = 5;
+    pub const PEER_LIMIT: u32 = 6;
 }
 
 /// A live, authenticated connection to a peer and how it is carried.
@@ -71,10 +75,22 @@ pub(crate) struct Inner {
     book: RwLock<HashMap<NodeId, PeerInfo>>,
     ranker: RwLock<Arc<dyn PathRanker>>,
     /// Direct dials per `(peer, address)`, so tests and metrics can prove which
-    /// addresses were (never) tried.
-    probes: Mutex<HashMap<(NodeId, SocketAddr), u64>>,
+    /// addresses were (never) tried. Bounded by `max_probe_entries`.
+    probes: Mutex<ProbeTable>,
+    /// The connection each peer's channels use (one per peer).
     conns: Mutex<HashMap<NodeId, ConnEntry>>,
+    /// Every registered connection that has not ended yet, per peer: the cached
+    /// one plus replaced ones still draining. What `max_connections` and
+    /// `max_connections_per_peer` count.
+    live: Mutex<LiveConns>,
+    /// Incoming handshakes in progress (they count against `max_connections`).
+    handshaking: Arc<AtomicUsize>,
+    /// Per-peer dial locks; an entry exists only while someone dials that peer.
     dialing: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Relay role: tunnels granted, in total and per requesting node.
+    relay_slots: Arc<tunnel::TunnelSlots>,
+    /// Target role: tunnels terminated here, in total and per offering relay.
+    target_slots: Arc<tunnel::TunnelSlots>,
     services: Mutex<HashMap<String, mpsc::Sender<Channel>>>,
     shutdown: watch::Sender<bool>,
 }
@@ -91,6 +107,115 @@ impl std::fmt::Debug for Transport {
             .field("node_id", &self.inner.node_id)
             .field("local", &self.inner.socket)
             .finish_non_exhaustive()
+    }
+}
+
+/// Dial counters per `(peer, address)` with least-recently-dialled eviction.
+#[derive(Debug, Default)]
+struct ProbeTable {
+    counts: HashMap<(NodeId, SocketAddr), ProbeCount>,
+    /// Monotonic dial sequence; the entry with the smallest `last` is evicted.
+    seq: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ProbeCount {
+    count: u64,
+    last: u64,
+}
+
+impl ProbeTable {
+    fn record(&mut self, key: (NodeId, SocketAddr), limit: usize) {
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(c) = self.counts.get_mut(&key) {
+            c.count += 1;
+            c.last = seq;
+            return;
+        }
+        // A full table forgets the entry dialled longest ago: counters exist for
+        // tests and metrics and must not grow with every address a peer (or a
+        // caller of `probe`) ever named. O(n), but only on a miss when full.
+        while self.counts.len() >= limit.max(1) {
+            let oldest = self
+                .counts
+                .iter()
+                .min_by_key(|(_, c)| c.last)
+                .map(|(k, _)| *k);
+            match oldest {
+                Some(k) => self.counts.remove(&k),
+                None => break,
+            };
+        }
+        self.counts.insert(
+            key,
+            ProbeCount {
+                count: 1,
+                last: seq,
+            },
+        );
+    }
+}
+
+/// Registered, not yet ended connections per peer.
+#[derive(Debug, Default)]
+struct LiveConns {
+    by_peer: HashMap<NodeId, Vec<ConnEntry>>,
+    total: usize,
+}
+
+impl LiveConns {
+    fn remove(&mut self, peer: NodeId, stable_id: usize) {
+        if let Some(list) = self.by_peer.get_mut(&peer) {
+            let before = list.len();
+            list.retain(|e| e.conn.stable_id() != stable_id);
+            self.total -= before - list.len();
+            if list.is_empty() {
+                self.by_peer.remove(&peer);
+            }
+        }
+    }
+}
+
+/// Decrements a counter when dropped (an incoming handshake ended, however).
+struct CountGuard(Arc<AtomicUsize>);
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A handle on one peer's dial lock. Dropping the last handle removes the lock
+/// from the map, so `dialing` only holds peers being dialled right now.
+struct DialSlot<'a> {
+    inner: &'a Inner,
+    node: NodeId,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> DialSlot<'a> {
+    fn new(inner: &'a Inner, node: NodeId) -> Self {
+        let lock = match inner.dialing.lock() {
+            Ok(mut d) => d.entry(node).or_default().clone(),
+            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
+        };
+        Self { inner, node, lock }
+    }
+}
+
+impl Drop for DialSlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.inner.dialing.lock() {
+            // Handles are only cloned under this mutex, so a count of two (the
+            // map's and ours) cannot grow while we look: nobody else waits.
+            if Arc::strong_count(&self.lock) == 2
+                && d.get(&self.node)
+                    .is_some_and(|l| Arc::ptr_eq(l, &self.lock))
+            {
+                d.remove(&self.node);
+            }
+        }
     }
 }
 
@@ -160,9 +285,13 @@ impl Transport {
             tunnel_server: Arc::new(tunnel_server),
             book: RwLock::new(HashMap::new()),
             ranker: RwLock::new(Arc::new(DefaultPathRanker)),
-            probes: Mutex::new(HashMap::new()),
+            probes: Mutex::new(ProbeTable::default()),
             conns: Mutex::new(HashMap::new()),
+            live: Mutex::new(LiveConns::default()),
+            handshaking: Arc::new(AtomicUsize::new(0)),
             dialing: Mutex::new(HashMap::new()),
+            relay_slots: Arc::new(tunnel::TunnelSlots::default()),
+            target_slots: Arc::new(tunnel::TunnelSlots::default()),
             services: Mutex::new(HashMap::new()),
             shutdown,
         });
@@ -198,6 +327,9 @@ impl Transport {
     pub fn remove_peer(&self, node: NodeId) {
         if let Ok(mut book) = self.inner.book.write() {
             book.remove(&node);
+        }
+        if let Ok(mut p) = self.inner.probes.lock() {
+            p.counts.retain(|(n, _), _| *n != node);
         }
     }
 
@@ -321,18 +453,39 @@ impl Transport {
             .probes
             .lock()
             .ok()
-            .and_then(|p| p.get(&(node, addr)).copied())
+            .and_then(|p| p.counts.get(&(node, addr)).map(|c| c.count))
             .unwrap_or(0)
     }
 
     /// Every `(peer, address)` dialled so far with its count, sorted.
     pub fn probe_counts(&self) -> Vec<(NodeId, SocketAddr, u64)> {
         let mut out: Vec<(NodeId, SocketAddr, u64)> = match self.inner.probes.lock() {
-            Ok(p) => p.iter().map(|((n, a), c)| (*n, *a, *c)).collect(),
+            Ok(p) => p
+                .counts
+                .iter()
+                .map(|((n, a), c)| (*n, *a, c.count))
+                .collect(),
             Err(_) => Vec::new(),
         };
         out.sort();
         out
+    }
+
+    /// Connections this node holds right now: one per connected peer plus
+    /// replaced ones still draining (what `max_connections` counts, besides
+    /// incoming handshakes in progress). For metrics and tests.
+    pub fn connection_count(&self) -> usize {
+        self.inner.live.lock().map(|l| l.total).unwrap_or(0)
+    }
+
+    /// Live connections to or from `node` (cached plus draining).
+    pub fn connections_to(&self, node: NodeId) -> usize {
+        self.inner
+            .live
+            .lock()
+            .ok()
+            .and_then(|l| l.by_peer.get(&node).map(Vec::len))
+            .unwrap_or(0)
     }
 
     /// Tunnels this node currently relays for others.
@@ -358,6 +511,9 @@ impl Transport {
         if let Ok(mut c) = self.inner.conns.lock() {
             c.clear();
         }
+        if let Ok(mut l) = self.inner.live.lock() {
+            *l = LiveConns::default();
+        }
         if let Ok(mut s) = self.inner.services.lock() {
             s.clear();
         }
@@ -379,6 +535,17 @@ impl Inner {
         conns.get(&node).filter(|e| e.is_alive()).cloned()
     }
 
+    /// Whether a registered, live connection has `addr` as its remote (a
+    /// tunnel's virtual address: did the end-to-end connection arrive?).
+    fn has_connection_from(&self, addr: SocketAddr) -> bool {
+        self.live.lock().is_ok_and(|l| {
+            l.by_peer
+                .values()
+                .flatten()
+                .any(|e| e.is_alive() && e.conn.remote_address() == addr)
+        })
+    }
+
     /// Forgets the cache entry for `node` if it is still the given connection.
     fn forget(&self, node: NodeId, stable_id: usize) {
         if let Ok(mut conns) = self.conns.lock() {
@@ -388,13 +555,6 @@ impl Inner {
             {
                 conns.remove(&node);
             }
-        }
-    }
-
-    fn dial_lock(&self, node: NodeId) -> Arc<tokio::sync::Mutex<()>> {
-        match self.dialing.lock() {
-            Ok(mut d) => d.entry(node).or_default().clone(),
-            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -409,7 +569,15 @@ impl Inner {
         self.book.read().ok()?.get(&node).cloned()
     }
 
-    /// Puts a fresh connection in the cache and starts serving it.
+    /// Puts a fresh connection in the cache and starts serving it; returns the
+    /// connection the peer's channels should use from now on.
+    ///
+    /// There is one cached connection per peer. The one it displaces is not left
+    /// running (with keep-alive below the idle timeout it would never time out,
+    /// and a peer could pile up connections by reconnecting): it drains its open
+    /// channels for up to `drain_grace` and is closed. When both nodes dialled
+    /// each other at once, both keep the connection dialled by the smaller
+    /// `NodeId`, so they agree on which one to close.
     fn register(
         self: &Arc<Self>,
         conn: quinn::Connection,
@@ -424,20 +592,71 @@ impl Inner {
             outbound,
             channels: Arc::new(ChannelCount::default()),
         };
-        if let Ok(mut conns) = self.conns.lock() {
-            conns.insert(peer, entry.clone());
+        let (winner, displaced) = match self.conns.lock() {
+            Ok(mut conns) => match conns.get(&peer).filter(|e| e.is_alive()).cloned() {
+                Some(old) if old.outbound != outbound && self.keep_crossed(&old) => {
+                    (old, Some(entry.clone()))
+                }
+                old => {
+                    conns.insert(peer, entry.clone());
+                    (entry.clone(), old)
+                }
+            },
+            Err(_) => (entry.clone(), None),
+        };
+        let evicted = match self.live.lock() {
+            Ok(mut live) => {
+                let list = live.by_peer.entry(peer).or_default();
+                list.push(entry.clone());
+                // Oldest first; the connection in use is never the one evicted.
+                let limit = self.config.max_connections_per_peer.max(1);
+                let mut evicted = Vec::new();
+                while list.len() > limit {
+                    let keep = winner.conn.stable_id();
+                    match list.iter().position(|e| e.conn.stable_id() != keep) {
+                        Some(i) => evicted.push(list.remove(i)),
+                        None => break,
+                    }
+                }
+                live.total += 1;
+                live.total -= evicted.len();
+                evicted
+            }
+            Err(_) => Vec::new(),
+        };
+        for e in evicted {
+            tracing::warn!(
+                peer = %peer.short(), limit = self.config.max_connections_per_peer,
+                "closing a replaced connection: too many connections from one peer"
+            );
+            e.conn
+                .close(close_code::PEER_LIMIT.into(), b"too many connections");
         }
         tracing::info!(
             node_id = %self.node_id.short(), peer = %peer.short(), path = %path, outbound,
             "connection established"
         );
         tokio::spawn(self.clone().drive_connection(entry.clone()));
-        entry
+        if let Some(old) = displaced {
+            tracing::debug!(peer = %peer.short(), path = %old.path, "draining replaced connection");
+            tokio::spawn(drain_and_close(old, self.config.drain_grace));
+        }
+        winner
+    }
+
+    /// Two connections dialled in opposite directions: whether to keep `old`
+    /// (the one we had) over the new one. Both ends decide the same way.
+    fn keep_crossed(&self, old: &ConnEntry) -> bool {
+        let old_dialler = if old.outbound { self.node_id } else { old.peer };
+        old_dialler < if old.outbound { old.peer } else { self.node_id }
     }
 
     async fn accept_loop(self: Arc<Self>) {
         while let Some(incoming) = self.endpoint.accept().await {
-            let open = self.conns.lock().map(|c| c.len()).unwrap_or(0);
+            // Handshakes in progress count too: otherwise a burst of incoming
+            // connections all pass the check before any of them is registered.
+            let live = self.live.lock().map(|l| l.total).unwrap_or(0);
+            let open = live + self.handshaking.load(Ordering::Relaxed);
             if open >= self.config.max_connections {
                 tracing::warn!(
                     remote = %incoming.remote_address(), open,
@@ -446,8 +665,11 @@ impl Inner {
                 incoming.refuse();
                 continue;
             }
+            self.handshaking.fetch_add(1, Ordering::Relaxed);
+            let in_progress = CountGuard(self.handshaking.clone());
             let inner = self.clone();
             tokio::spawn(async move {
+                let _in_progress = in_progress;
                 let remote = incoming.remote_address();
                 if let Err(e) = inner.handle_incoming(incoming).await {
                     tracing::debug!(%remote, error = %e, "incoming connection failed");
@@ -507,6 +729,9 @@ impl Inner {
             }
         };
         self.forget(entry.peer, entry.conn.stable_id());
+        if let Ok(mut live) = self.live.lock() {
+            live.remove(entry.peer, entry.conn.stable_id());
+        }
         // Tunnels whose control ran on this connection expire with it.
         self.socket.forwards.remove_conn(entry.conn.stable_id());
         tracing::info!(
@@ -575,33 +800,44 @@ impl Inner {
     }
 
     /// Opens a channel on an existing connection (header, then the peer's status).
+    ///
+    /// The whole exchange is bounded by `header_timeout`, not just the status
+    /// read: a peer that withholds stream credit (`open_bi` waits for it) or
+    /// flow-control credit (the header write waits for it) would otherwise block
+    /// the caller forever, and callers may hold a per-peer dial lock.
     async fn open_on(&self, entry: &ConnEntry, service: &str) -> Result<Channel, TransportError> {
         let lost = |reason: String| TransportError::ConnectionLost {
             node: entry.peer,
             reason,
         };
-        let (mut send, mut recv) = entry
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| lost(e.to_string()))?;
-        send.write_all(&encode_header(service))
-            .await
-            .map_err(|e| lost(e.to_string()))?;
-        let mut status = [0u8; 1];
-        match tokio::time::timeout(self.config.header_timeout, recv.read_exact(&mut status)).await {
-            Err(_) => {
-                return Err(TransportError::Timeout {
-                    during: format!(
-                        "waiting for node {} to accept service {service:?}",
-                        entry.peer
-                    ),
-                    after: self.config.header_timeout,
-                })
-            }
-            Ok(Err(e)) => return Err(lost(e.to_string())),
-            Ok(Ok(_)) => {}
-        }
+        let exchange = async {
+            let (mut send, mut recv) = entry
+                .conn
+                .open_bi()
+                .await
+                .map_err(|e| lost(e.to_string()))?;
+            send.write_all(&encode_header(service))
+                .await
+                .map_err(|e| lost(e.to_string()))?;
+            let mut status = [0u8; 1];
+            recv.read_exact(&mut status)
+                .await
+                .map_err(|e| lost(e.to_string()))?;
+            Ok::<_, TransportError>((send, recv, status))
+        };
+        let (send, recv, status) =
+            match tokio::time::timeout(self.config.header_timeout, exchange).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(TransportError::Timeout {
+                        during: format!(
+                            "opening a channel to service {service:?} on node {}",
+                            entry.peer
+                        ),
+                        after: self.config.header_timeout,
+                    })
+                }
+            };
         let node = entry.peer;
         match Status::from_byte(status[0]) {
             Some(Status::Accepted) => Ok(Channel::new(
@@ -655,9 +891,31 @@ impl Inner {
         if let Some(e) = self.live_entry(node).filter(usable) {
             return Ok(e);
         }
+        // The whole ladder, waiting for a concurrent dial included, gets one
+        // deadline: each attempt has its own timeout, but a peer with many
+        // candidates and a long relay list would otherwise hold the dial lock
+        // (and the caller) for the sum of them all.
+        let deadline = tokio::time::Instant::now() + self.config.open_deadline;
+        let out_of_time = |attempts: Vec<PathAttempt>, path: Option<PathKind>| {
+            let error = TransportError::Timeout {
+                during: format!("finding a path to node {node} (open_deadline)"),
+                after: self.config.open_deadline,
+            };
+            match path {
+                Some(path) => {
+                    let mut attempts = attempts;
+                    attempts.push(PathAttempt { path, error });
+                    TransportError::Unreachable { node, attempts }
+                }
+                None if attempts.is_empty() => error,
+                None => TransportError::Unreachable { node, attempts },
+            }
+        };
         // One dial per peer at a time; concurrent opens share its result.
-        let lock = self.dial_lock(node);
-        let _dialing = lock.lock().await;
+        let slot = DialSlot::new(self, node);
+        let Ok(_dialing) = tokio::time::timeout_at(deadline, slot.lock.lock()).await else {
+            return Err(out_of_time(Vec::new(), None));
+        };
         if let Some(e) = self.live_entry(node).filter(usable) {
             return Ok(e);
         }
@@ -670,12 +928,13 @@ impl Inner {
             let path = PathKind::Direct {
                 addr: candidate.addr,
             };
-            match self.dial_direct(node, candidate.addr).await {
-                Ok(entry) => return Ok(entry),
-                Err(error) => {
+            match tokio::time::timeout_at(deadline, self.dial_direct(node, candidate.addr)).await {
+                Ok(Ok(entry)) => return Ok(entry),
+                Ok(Err(error)) => {
                     tracing::info!(peer = %node.short(), %path, %error, "direct path failed");
                     attempts.push(PathAttempt { path, error });
                 }
+                Err(_) => return Err(out_of_time(attempts, Some(path))),
             }
         }
         if allow_relay {
@@ -687,14 +946,18 @@ impl Inner {
                     .collect(),
                 Err(_) => Vec::new(),
             };
-            for via in ranker.rank_relays(&self.config.labels, &relays) {
+            // Only the best few: every relay costs a connection, a control
+            // exchange and a handshake, and an address book can list hundreds.
+            let ranked = ranker.rank_relays(&self.config.labels, &relays);
+            for via in ranked.into_iter().take(self.config.max_relays_per_open) {
                 let path = PathKind::Relayed { via };
-                match self.dial_via_relay(node, via).await {
-                    Ok(entry) => return Ok(entry),
-                    Err(error) => {
+                match tokio::time::timeout_at(deadline, self.dial_via_relay(node, via)).await {
+                    Ok(Ok(entry)) => return Ok(entry),
+                    Ok(Err(error)) => {
                         tracing::info!(peer = %node.short(), %path, %error, "relay path failed");
                         attempts.push(PathAttempt { path, error });
                     }
+                    Err(_) => return Err(out_of_time(attempts, Some(path))),
                 }
             }
         }
@@ -719,7 +982,7 @@ impl Inner {
         addr: SocketAddr,
     ) -> Result<quinn::Connection, TransportError> {
         if let Ok(mut p) = self.probes.lock() {
-            *p.entry((node, addr)).or_insert(0) += 1;
+            p.record((node, addr), self.config.max_probe_entries);
         }
         let result = self
             .handshake(node, addr, addr.to_string(), self.direct_tc.clone())
@@ -818,8 +1081,8 @@ impl Inner {
         let Some(peer) = self.peer_info(old.peer) else {
             return;
         };
-        let lock = self.dial_lock(old.peer);
-        let _dialing = lock.lock().await;
+        let slot = DialSlot::new(self, old.peer);
+        let _dialing = slot.lock.lock().await;
         // Someone may have replaced it while we waited.
         match self.live_entry(old.peer) {
             Some(current) if current.conn.stable_id() == old.conn.stable_id() => {}
@@ -831,11 +1094,11 @@ impl Inner {
         {
             match self.dial_direct(old.peer, candidate.addr).await {
                 Ok(new) => {
+                    // `register` displaced the relayed connection and drains it.
                     tracing::info!(
                         peer = %old.peer.short(), from = %old.path, to = %new.path,
                         "direct path is back; moving off the relay"
                     );
-                    tokio::spawn(drain_and_close(old, self.config.drain_grace));
                     return;
                 }
                 Err(error) => {
@@ -849,6 +1112,11 @@ impl Inner {
 /// Lets channels on a replaced connection finish (up to `grace`), then closes it.
 async fn drain_and_close(old: ConnEntry, grace: Duration) {
     let deadline = tokio::time::Instant::now() + grace;
+    // A channel the peer opened just before it learnt of the replacement may
+    // still be in flight (two nodes that dialled each other at once agree on the
+    // survivor only when both handshakes are done): give it a moment to arrive
+    // and be counted before deciding that nothing is open.
+    tokio::time::sleep(grace.min(Duration::from_millis(500))).await;
     while old.channels.get() > 0 && tokio::time::Instant::now() < deadline && old.is_alive() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -44,6 +44,26 @@ const INJECT_QUEUE: usize = 4096;
 const MAX_SEND: usize = 65_000;
 const HDR: usize = RelayHeader::LEN;
 
+/// Virtual tunnel addresses, IPv4: 240.0.0.0/4 (reserved, never routed).
+const VIRTUAL_V4_PREFIX: u32 = 0xF000_0000;
+const VIRTUAL_V4_MASK: u32 = 0xF000_0000;
+/// Virtual tunnel addresses, IPv6: fdfa:b51c::/96 (a ULA prefix of our own).
+const VIRTUAL_V6_PREFIX: u128 = 0xfdfa_b51c_u128 << 96;
+const VIRTUAL_V6_MASK: u128 = !0u128 << 32;
+
+/// Whether `addr` lies in one of the virtual tunnel ranges (either family, and
+/// IPv4 in its v4-mapped IPv6 form, as a dual-stack socket reports it).
+pub(crate) fn is_virtual(addr: &SocketAddr) -> bool {
+    let v4 = |ip: Ipv4Addr| u32::from(ip) & VIRTUAL_V4_MASK == VIRTUAL_V4_PREFIX;
+    match addr.ip() {
+        IpAddr::V4(ip) => v4(ip),
+        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(mapped) => v4(mapped),
+            None => u128::from(ip) & VIRTUAL_V6_MASK == VIRTUAL_V6_PREFIX,
+        },
+    }
+}
+
 /// Where packets for one virtual address go.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct TunnelRoute {
@@ -114,10 +134,10 @@ impl FabricSocket {
         let port = (n % 65535) as u16 + 1;
         let host = n / 65535;
         if self.local.is_ipv4() {
-            let ip = 0xF000_0000u32 | (host as u32 & 0x0FFF_FFFF);
+            let ip = VIRTUAL_V4_PREFIX | (host as u32 & !VIRTUAL_V4_MASK);
             SocketAddr::new(Ipv4Addr::from(ip).into(), port)
         } else {
-            let ip = (0xfdfa_b51c_u128 << 96) | host as u128;
+            let ip = VIRTUAL_V6_PREFIX | (host as u128 & !VIRTUAL_V6_MASK);
             SocketAddr::new(Ipv6Addr::from(ip).into(), port)
         }
     }
@@ -153,6 +173,7 @@ impl FabricSocket {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn tunnel_count(&self) -> usize {
         self.routes.read().map(|r| r.len()).unwrap_or(0)
     }
@@ -479,6 +500,21 @@ impl FabricSocket {
                 // 0, which quinn skips; returning Ready keeps its receive loop
                 // (and its work limiter) going.
                 for (buf, m) in bufs.iter_mut().zip(meta.iter_mut()).take(n) {
+                    if is_virtual(&m.addr) {
+                        // Virtual addresses only exist inside this process (tunnel
+                        // packets are re-addressed after their relay header was
+                        // checked), so a real datagram claiming one is spoofed.
+                        // Handed to quinn it would pass as traffic of a relayed
+                        // connection (and make an incoming handshake look relayed).
+                        let datagrams = match m.stride {
+                            0 => 1,
+                            s => m.len.div_ceil(s).max(1),
+                        };
+                        RelayCounters::add(&self.counters.spoofed_virtual, datagrams as u64);
+                        tracing::trace!(src = %m.addr, "dropped datagram from a virtual address");
+                        m.len = 0;
+                        continue;
+                    }
                     self.demux(buf, m);
                 }
                 Poll::Ready(Ok(n))
@@ -537,5 +573,130 @@ impl AsyncUdpSocket for FabricSocket {
 
     fn may_fragment(&self) -> bool {
         self.real.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A stand-in for the kernel socket that hands out prepared datagrams, so a
+    /// test can "receive" from source addresses no loopback socket can bind.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        queue: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+    }
+
+    #[derive(Debug)]
+    struct AlwaysWritable;
+
+    impl UdpPoller for AlwaysWritable {
+        fn poll_writable(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncUdpSocket for Scripted {
+        fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+            Box::pin(AlwaysWritable)
+        }
+
+        fn try_send(&self, _transmit: &Transmit<'_>) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn poll_recv(
+            &self,
+            _cx: &mut Context<'_>,
+            bufs: &mut [IoSliceMut<'_>],
+            meta: &mut [RecvMeta],
+        ) -> Poll<io::Result<usize>> {
+            let next = self.queue.lock().ok().and_then(|mut q| q.pop_front());
+            let Some((addr, data)) = next else {
+                return Poll::Pending;
+            };
+            bufs[0][..data.len()].copy_from_slice(&data);
+            meta[0] = RecvMeta {
+                addr,
+                len: data.len(),
+                stride: data.len(),
+                ecn: None,
+                dst_ip: None,
+            };
+            Poll::Ready(Ok(1))
+        }
+
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            Ok(SocketAddr::from(([127, 0, 0, 1], 4433)))
+        }
+    }
+
+    /// Receives one message through the FabricSocket; returns (source, length
+    /// left for quinn).
+    fn recv_one(sock: &FabricSocket) -> (SocketAddr, usize) {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut storage = [0u8; 2048];
+        let mut bufs = [IoSliceMut::new(&mut storage)];
+        let mut meta = [RecvMeta::default()];
+        match sock.poll_recv(&mut cx, &mut bufs, &mut meta) {
+            Poll::Ready(Ok(1)) => (meta[0].addr, meta[0].len),
+            other => panic!("expected one message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn virtual_ranges_are_recognised() {
+        for a in [
+            "240.0.0.1:1",
+            "255.255.255.254:9",
+            "[fdfa:b51c::1]:1",
+            "[fdfa:b51c::ffff:ffff]:1",
+            "[::ffff:240.1.2.3]:1",
+        ] {
+            assert!(is_virtual(&a.parse().expect("addr")), "{a}");
+        }
+        for a in [
+            "127.0.0.1:1",
+            "239.255.255.255:1",
+            "[fdfa:b51c:0:0:0:1::]:1",
+            "[fdfa:b51d::1]:1",
+            "[::1]:1",
+            "[::ffff:10.0.0.1]:1",
+        ] {
+            assert!(!is_virtual(&a.parse().expect("addr")), "{a}");
+        }
+    }
+
+    #[test]
+    fn real_datagrams_from_virtual_sources_are_dropped_and_counted() {
+        let real = Arc::new(Scripted::default());
+        // A QUIC-looking long header (fixed bit set), so only the source decides.
+        let quic = vec![0xc0u8; 1200];
+        let spoofed: [SocketAddr; 3] = [
+            "240.0.0.7:1".parse().expect("addr"),
+            "[fdfa:b51c::2]:7".parse().expect("addr"),
+            "[::ffff:240.0.0.9]:3".parse().expect("addr"),
+        ];
+        let honest: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        if let Ok(mut q) = real.queue.lock() {
+            for s in spoofed {
+                q.push_back((s, quic.clone()));
+            }
+            q.push_back((honest, quic.clone()));
+        }
+        let sock = FabricSocket::new(real).expect("socket");
+        for s in spoofed {
+            assert_eq!(recv_one(&sock), (s, 0), "spoofed datagram reached quinn");
+        }
+        assert_eq!(
+            recv_one(&sock),
+            (honest, quic.len()),
+            "honest datagram kept"
+        );
+        let stats = sock.relay_stats();
+        assert_eq!(stats.dropped_spoofed_virtual, 3);
+        assert_eq!(stats.delivered_packets, 0);
     }
 }

@@ -2,13 +2,14 @@
 //! tunnel, the relay splicing two connections, and the target accepting a tunnel.
 //! See [`crate::relay`] for the wire format and the security argument.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use super::socket::TunnelRoute;
+use super::socket::{FabricSocket, TunnelRoute};
 use super::{close_code, ConnEntry, Inner, TransportError};
 use crate::channel::Channel;
 use crate::frame::{FrameError, Framed};
@@ -23,6 +24,94 @@ use crate::topology::NodeId;
 /// connections currently use (after a NAT rebinding the outer QUIC connection
 /// migrates; the tunnel follows within this delay).
 const REBIND_EVERY: Duration = Duration::from_secs(1);
+
+/// Tunnel slots, in total and per node (the requester at a relay, the offering
+/// relay at a target). A slot is reserved before any work is done for a tunnel
+/// and released when its [`SlotGuard`] drops, under one lock: checking a count
+/// and inserting later would let concurrent requests all pass the check.
+#[derive(Debug, Default)]
+pub(crate) struct TunnelSlots {
+    counts: Mutex<SlotCounts>,
+}
+
+#[derive(Debug, Default)]
+struct SlotCounts {
+    total: usize,
+    by_peer: HashMap<NodeId, usize>,
+}
+
+impl TunnelSlots {
+    /// Takes one slot for `peer`, or says which limit is reached.
+    pub(crate) fn try_reserve(
+        self: &Arc<Self>,
+        peer: NodeId,
+        max_total: usize,
+        max_per_peer: usize,
+    ) -> Result<SlotGuard, String> {
+        let mut c = self
+            .counts
+            .lock()
+            .map_err(|_| "tunnel bookkeeping unavailable".to_owned())?;
+        if c.total >= max_total {
+            return Err(format!("at its limit of {max_total} tunnels"));
+        }
+        let mine = c.by_peer.get(&peer).copied().unwrap_or(0);
+        if mine >= max_per_peer {
+            return Err(format!(
+                "node {} already holds its quota of {max_per_peer} tunnels",
+                peer.short()
+            ));
+        }
+        c.total += 1;
+        c.by_peer.insert(peer, mine + 1);
+        Ok(SlotGuard {
+            slots: self.clone(),
+            peer,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn total(&self) -> usize {
+        self.counts.lock().map(|c| c.total).unwrap_or(0)
+    }
+}
+
+/// One reserved tunnel slot; dropping it gives the slot back.
+#[derive(Debug)]
+pub(crate) struct SlotGuard {
+    slots: Arc<TunnelSlots>,
+    peer: NodeId,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.slots.counts.lock() {
+            c.total = c.total.saturating_sub(1);
+            if let Some(n) = c.by_peer.get_mut(&self.peer) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.by_peer.remove(&self.peer);
+                }
+            }
+        }
+    }
+}
+
+/// Unregisters a tunnel route unless disarmed, so a dial cancelled by the
+/// open deadline (or failing) does not leave a route behind.
+struct RouteGuard<'a> {
+    socket: &'a FabricSocket,
+    vaddr: SocketAddr,
+    armed: bool,
+}
+
+impl Drop for RouteGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.socket.unregister_tunnel(&self.vaddr);
+        }
+    }
+}
 
 /// Resolves when the peer ends a control stream (EOF, reset or anything sent):
 /// the tunnel lives exactly as long as its control streams.
@@ -81,26 +170,35 @@ impl Inner {
             token,
             via,
         });
-        let handshake = self
+        let mut route = RouteGuard {
+            socket: &self.socket,
+            vaddr,
+            armed: true,
+        };
+        // On failure (or cancellation) the guard drops the route and dropping
+        // `ctrl` tells the relay to tear its side down.
+        let conn = self
             .handshake(
                 target,
                 vaddr,
                 format!("relay {via} at {}", relay.conn.remote_address()),
                 self.tunnel_tc.clone(),
             )
-            .await;
-        let conn = match handshake {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Dropping `ctrl` tells the relay to tear its side down.
-                self.socket.unregister_tunnel(&vaddr);
-                return Err(e);
-            }
+            .await?;
+        route.armed = false;
+        let tunnel = ConnEntry {
+            conn: conn.clone(),
+            peer: target,
+            path: PathKind::Relayed { via },
+            outbound: true,
+            channels: Default::default(),
         };
         let entry = self.register(conn, target, PathKind::Relayed { via }, true);
+        // The keeper watches the tunnel's own connection, which may not be the
+        // one `register` chose if the target dialled us at the same moment.
         tokio::spawn(
             self.clone()
-                .keep_initiator_tunnel(ctrl, entry.clone(), relay, vaddr),
+                .keep_initiator_tunnel(ctrl, tunnel, relay, vaddr),
         );
         Ok(entry)
     }
@@ -151,15 +249,18 @@ impl Inner {
             };
         let RelayRequest::Connect { target } = request;
         match self.splice(&from, target).await {
-            Ok((to, from_token, offer, to_token)) => {
+            Ok((to, from_token, offer, to_token, _slot)) => {
                 let forwards = &self.socket.forwards;
-                if ctrl
-                    .send(&RelayResponse::Ok {
+                // Bounded: the requester is any key, and one that withholds
+                // flow-control credit must not park this task (and its slot).
+                let sent = tokio::time::timeout(
+                    self.config.header_timeout,
+                    ctrl.send(&RelayResponse::Ok {
                         token: token_to_hex(&from_token),
-                    })
-                    .await
-                    .is_err()
-                {
+                    }),
+                )
+                .await;
+                if !matches!(sent, Ok(Ok(()))) {
                     forwards.remove_pair(&from_token, &to_token);
                     return;
                 }
@@ -171,6 +272,11 @@ impl Inner {
                 let mut shutdown = self.shutdown_signal();
                 let mut rebind = tokio::time::interval(REBIND_EVERY);
                 rebind.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // A granted tunnel holds a slot of the requester's quota; one
+                // that never carries an end-to-end handshake is torn down.
+                let setup = tokio::time::sleep(self.config.tunnel_setup_timeout);
+                tokio::pin!(setup);
+                let mut set_up = false;
                 let why = loop {
                     tokio::select! {
                         _ = control_ended(&mut ctrl) => break "initiator ended the tunnel",
@@ -178,6 +284,12 @@ impl Inner {
                         _ = from.conn.closed() => break "initiator connection lost",
                         _ = to.conn.closed() => break "target connection lost",
                         _ = shutdown.changed() => break "node shutting down",
+                        _ = &mut setup, if !set_up => {
+                            if !forwards.carried(&from_token, &to_token) {
+                                break "no end-to-end traffic before the tunnel setup timeout";
+                            }
+                            set_up = true;
+                        }
                         _ = rebind.tick() => forwards.refresh(
                             &from_token,
                             from.conn.remote_address(),
@@ -193,7 +305,11 @@ impl Inner {
             }
             Err(reason) => {
                 tracing::info!(from = %from.peer.short(), to = %target.short(), %reason, "refusing relay request");
-                let _ = ctrl.send(&RelayResponse::Refused { reason }).await;
+                let _ = tokio::time::timeout(
+                    self.config.header_timeout,
+                    ctrl.send(&RelayResponse::Refused { reason }),
+                )
+                .await;
             }
         }
     }
@@ -203,7 +319,7 @@ impl Inner {
         self: &Arc<Self>,
         from: &ConnEntry,
         target: NodeId,
-    ) -> Result<(ConnEntry, Token, Framed<Channel>, Token), String> {
+    ) -> Result<(ConnEntry, Token, Framed<Channel>, Token, SlotGuard), String> {
         if !self.config.relay {
             return Err("this node does not have the relay role".into());
         }
@@ -215,12 +331,16 @@ impl Inner {
             return Err("a tunnel must join two other nodes".into());
         }
         let forwards = &self.socket.forwards;
-        if forwards.tunnels() >= self.config.max_tunnels {
-            return Err(format!(
-                "relay is at its limit of {} tunnels",
-                self.config.max_tunnels
-            ));
-        }
+        // Reserved before the target is dialled: the slot is taken at once, so
+        // concurrent requests cannot all pass a check made before the awaits.
+        let slot = self
+            .relay_slots
+            .try_reserve(
+                from.peer,
+                self.config.max_tunnels,
+                self.config.relay_tunnels_per_peer,
+            )
+            .map_err(|why| format!("relay {why}"))?;
         let to = self
             .direct_connection_to(target)
             .await
@@ -271,7 +391,7 @@ impl Inner {
         )
         .await;
         match answer {
-            Ok(Ok(OfferResponse::Accepted)) => Ok((to, from_token, offer, to_token)),
+            Ok(Ok(OfferResponse::Accepted)) => Ok((to, from_token, offer, to_token, slot)),
             other => {
                 forwards.remove_pair(&from_token, &to_token);
                 Err(match other {
@@ -311,16 +431,42 @@ impl Inner {
                 .await;
             return;
         };
-        if matches!(relay.path, PathKind::Relayed { .. })
-            || self.socket.tunnel_count() >= self.config.max_tunnels
-        {
+        // Only a node whose signed record gives it the relay role may place
+        // tunnels here: otherwise any key could fill our tunnel slots.
+        if !self.peer_info(relay.peer).is_some_and(|p| p.is_relay) {
+            tracing::info!(from = %relay.peer.short(), "refusing tunnel offer from a node that is not a known relay");
+            let _ = tokio::time::timeout(
+                self.config.header_timeout,
+                ctrl.send(&OfferResponse::Refused {
+                    reason: "offers are accepted from known relays only".into(),
+                }),
+            )
+            .await;
+            return;
+        }
+        if matches!(relay.path, PathKind::Relayed { .. }) {
             let _ = ctrl
                 .send(&OfferResponse::Refused {
-                    reason: "tunnel limit reached or offer arrived through a relay".into(),
+                    reason: "offer arrived through a relay".into(),
                 })
                 .await;
             return;
         }
+        let _slot = match self.target_slots.try_reserve(
+            relay.peer,
+            self.config.max_tunnels,
+            self.config.max_tunnels,
+        ) {
+            Ok(slot) => slot,
+            Err(why) => {
+                let _ = ctrl
+                    .send(&OfferResponse::Refused {
+                        reason: format!("target {why}"),
+                    })
+                    .await;
+                return;
+            }
+        };
         let vaddr = self.socket.register_tunnel(TunnelRoute {
             relay: relay.conn.remote_address(),
             local_ip: relay.conn.local_ip(),
@@ -333,10 +479,23 @@ impl Inner {
         }
         tracing::debug!(relay = %relay.peer.short(), claimed_from = %offer.from.short(), "accepted tunnel offer");
         let mut shutdown = self.shutdown_signal();
-        let why = tokio::select! {
-            _ = control_ended(&mut ctrl) => "relay ended the tunnel",
-            _ = relay.conn.closed() => "connection to the relay was lost",
-            _ = shutdown.changed() => "node shutting down",
+        // An accepted offer that no end-to-end connection uses in time is
+        // dropped, so offers cannot hold our slots idle.
+        let setup = tokio::time::sleep(self.config.tunnel_setup_timeout);
+        tokio::pin!(setup);
+        let mut set_up = false;
+        let why = loop {
+            tokio::select! {
+                _ = control_ended(&mut ctrl) => break "relay ended the tunnel",
+                _ = relay.conn.closed() => break "connection to the relay was lost",
+                _ = shutdown.changed() => break "node shutting down",
+                _ = &mut setup, if !set_up => {
+                    if !self.has_connection_from(vaddr) {
+                        break "no end-to-end connection before the tunnel setup timeout";
+                    }
+                    set_up = true;
+                }
+            }
         };
         self.socket.unregister_tunnel(&vaddr);
         // Close the end-to-end connection that rode this tunnel now rather than
