@@ -1,21 +1,26 @@
 //! Wiring: one reconciler replica. It campaigns for leadership through the
-//! store; while it leads it runs the GitOps source and the publishing loop,
-//! and when it loses (or gives up) leadership it stops them before another
-//! replica can take over. Followers do nothing but wait, so two replicas never
-//! both act.
+//! store; while it leads it runs the GitOps source, the publishing loop and
+//! (when given an orchestrator) the rollout driver, and when it loses (or
+//! gives up) leadership it stops them before another replica can take over.
+//! Followers do nothing but wait, so two replicas never both act.
 //!
 //! Safety margin: a leader renews every `lease_ttl / 3` and steps down on its
 //! own once `2/3` of the TTL has passed without a successful renewal, so it
 //! stops acting before its lease expires and a follower may acquire it.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fabric_schemas::kinds::Kind;
+
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::publish::{PublishConfig, PublishCtx, Publisher, RecordSink, Signer};
+use crate::orchestrator::{Orchestrator, TickReport};
+use crate::publish::{PublishConfig, PublishCtx, PublishedRecord, Publisher, RecordSink, Signer};
+use crate::rollout::RolloutPhase;
 use crate::runtime::{Controller, ControllerConfig};
 use crate::source::{GitOpsConfig, GitOpsSource, SourceError, SourceStatus};
 use crate::store::{Leadership, Store};
@@ -64,12 +69,33 @@ pub struct ReplicaState {
     pub source: Option<SourceStatus>,
 }
 
+/// The rollout driver a leader runs next to publishing.
+pub struct RolloutLoop {
+    pub orchestrator: Orchestrator,
+    /// Time between ticks. Each tick is level-triggered and writes nothing
+    /// when nothing changed, so a short interval only costs store reads.
+    pub interval: Duration,
+}
+
+impl RolloutLoop {
+    /// Default tick interval (`--rollout-interval`).
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+
+    pub fn new(orchestrator: Orchestrator) -> Self {
+        RolloutLoop {
+            orchestrator,
+            interval: Self::DEFAULT_INTERVAL,
+        }
+    }
+}
+
 /// One reconciler replica. See the module docs.
 pub struct ControlPlane {
     store: Arc<dyn Store>,
     signer: Signer,
     sink: Arc<dyn RecordSink>,
     config: ControlPlaneConfig,
+    rollouts: Option<Arc<RolloutLoop>>,
     state: watch::Sender<ReplicaState>,
 }
 
@@ -85,8 +111,17 @@ impl ControlPlane {
             signer,
             sink,
             config,
+            rollouts: None,
             state: watch::Sender::new(ReplicaState::default()),
         }
+    }
+
+    /// Also drive rollouts while leading: `Orchestrator::tick` every
+    /// `interval`, and the lease records it writes handed to the sink like
+    /// every other record (an abort's revocations travel the same way).
+    pub fn with_rollouts(mut self, rollouts: RolloutLoop) -> Self {
+        self.rollouts = Some(Arc::new(rollouts));
+        self
     }
 
     pub fn state(&self) -> watch::Receiver<ReplicaState> {
@@ -215,6 +250,15 @@ impl ControlPlane {
                 }
             }
         });
+        if let Some(rollouts) = self.rollouts.clone() {
+            let store = self.store.clone();
+            let sink = self.sink.clone();
+            let rx = stop_rx.clone();
+            work.spawn(async move {
+                drive_rollouts(&rollouts, &*store, &*sink, stopped(rx)).await;
+                Ok(())
+            });
+        }
         if let Some(cfg) = self.config.gitops.clone() {
             let q = queue.clone();
             let source =
@@ -296,5 +340,169 @@ impl ControlPlane {
             return Err(e);
         }
         Ok(shut)
+    }
+}
+
+/// The leader's rollout loop: tick, log what changed, hand new lease records
+/// to the fabric. Errors are logged and retried at the next tick: the driver
+/// keeps no state between ticks, so a failed tick loses nothing.
+async fn drive_rollouts(
+    rollouts: &RolloutLoop,
+    store: &dyn Store,
+    sink: &dyn RecordSink,
+    stop: impl Future<Output = ()>,
+) {
+    let mut tick = tokio::time::interval(rollouts.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    let mut log = RolloutLog::default();
+    // Lease record generations already handed over (or tried), per record
+    // name, so each grant, renewal and revocation is delivered once.
+    let mut handed: HashMap<String, i64> = HashMap::new();
+    tracing::info!(interval = ?rollouts.interval, "driving rollouts");
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        match rollouts
+            .orchestrator
+            .tick(store, fabric_schemas::time::now_unix())
+            .await
+        {
+            Ok(report) => log.record(&report),
+            Err(e) if e.is_conflict() => {
+                tracing::debug!(error = %e, "rollout tick lost a compare-and-set; retrying next tick")
+            }
+            Err(e) => tracing::warn!(error = %e, "rollout tick failed; retrying next tick"),
+        }
+        hand_over_leases(store, sink, &mut handed).await;
+    }
+}
+
+async fn hand_over_leases(
+    store: &dyn Store,
+    sink: &dyn RecordSink,
+    handed: &mut HashMap<String, i64>,
+) {
+    let records = match store.list_records(Some(Kind::RolloutLease)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list lease records to hand to the fabric");
+            return;
+        }
+    };
+    for r in records {
+        if handed.get(&r.name).is_some_and(|g| *g >= r.generation) {
+            continue;
+        }
+        let record = PublishedRecord {
+            kind: r.kind,
+            name: r.name.clone(),
+            generation: u64::try_from(r.generation).unwrap_or(0),
+            envelope: r.envelope,
+        };
+        // Marked even on failure: a node refusing a lease record (say, a
+        // revocation that has already expired) would otherwise be retried
+        // and logged every tick. The record stays in the store.
+        handed.insert(r.name, r.generation);
+        match sink.deliver(&record).await {
+            Ok(d) => {
+                tracing::debug!(name = %record.name, generation = record.generation, holders = ?d.holders, "lease record handed to the fabric")
+            }
+            Err(e) => {
+                tracing::warn!(name = %record.name, generation = record.generation, error = %e, "lease record not taken by any node")
+            }
+        }
+    }
+}
+
+/// What was last logged about rollouts, so a tick that changes nothing logs
+/// nothing (the loop runs every few seconds).
+#[derive(Default)]
+struct RolloutLog {
+    summaries: BTreeMap<String, String>,
+    skipped: BTreeMap<String, String>,
+    hold: bool,
+    warnings: BTreeSet<String>,
+}
+
+impl RolloutLog {
+    fn record(&mut self, report: &TickReport) {
+        for r in &report.rollouts {
+            for l in &r.granted {
+                tracing::info!(intent = %r.intent, generation = r.generation, node = %l.node, lease = %l.lease_id, attempt = l.attempt, recovery_override = l.recovery_override, "lease granted");
+            }
+            for (node, lease, why) in &r.revoked {
+                tracing::info!(intent = %r.intent, generation = r.generation, node = %node, lease = %lease, reason = %why, "lease revoked");
+            }
+            let c = &r.status.counts;
+            let conditions: Vec<String> = r
+                .status
+                .conditions
+                .iter()
+                .map(|c| format!("{}: {}", c.reason, c.message))
+                .chain(
+                    r.extra_conditions
+                        .iter()
+                        .map(|c| format!("{}: {}", c.reason, c.message)),
+                )
+                .collect();
+            let summary = format!(
+                "generation {} {:?}: {}/{} done, {} failed, {} in flight, {} remaining; {}",
+                r.generation,
+                r.status.phase,
+                c.done,
+                c.target,
+                c.failed,
+                c.in_flight,
+                c.remaining,
+                if conditions.is_empty() {
+                    "no conditions".to_owned()
+                } else {
+                    conditions.join("; ")
+                }
+            );
+            if self.summaries.get(&r.intent) == Some(&summary) {
+                continue;
+            }
+            // A stop needs an operator (resume or abort); everything else is progress.
+            if matches!(r.status.phase, RolloutPhase::Stopped | RolloutPhase::Failed) {
+                tracing::warn!(intent = %r.intent, "rollout stopped: {summary}");
+            } else {
+                tracing::info!(intent = %r.intent, "rollout {summary}");
+            }
+            self.summaries.insert(r.intent.clone(), summary);
+        }
+        let live: BTreeSet<&str> = report.rollouts.iter().map(|r| r.intent.as_str()).collect();
+        for s in &report.skipped {
+            let line = format!("{}: {}", s.reason, s.message);
+            if self.skipped.get(&s.intent) != Some(&line) {
+                tracing::warn!(intent = %s.intent, reason = %s.reason, "rollout not planned: {}", s.message);
+                self.skipped.insert(s.intent.clone(), line);
+            }
+        }
+        self.skipped
+            .retain(|i, _| report.skipped.iter().any(|s| &s.intent == i));
+        self.summaries.retain(|i, _| live.contains(i.as_str()));
+        for a in &report.bridge_actions {
+            tracing::info!(intent = %a.intent, node = %a.node, version = %a.version, "compat bridge action started");
+        }
+        if report.bridge_hold_required != self.hold {
+            if report.bridge_hold_required {
+                tracing::warn!("bridge_hold_required: a compat node needs an operator (see `fabricctl rollout status`)");
+            } else {
+                tracing::info!("bridge hold cleared");
+            }
+            self.hold = report.bridge_hold_required;
+        }
+        for lease in &report.orphans_revoked {
+            tracing::info!(lease = %lease, "lease of a deleted intent revoked");
+        }
+        let warnings: BTreeSet<String> = report.warnings.iter().cloned().collect();
+        for w in warnings.difference(&self.warnings) {
+            tracing::warn!("rollout driver: {w}");
+        }
+        self.warnings = warnings;
     }
 }

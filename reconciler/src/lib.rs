@@ -20,3 +20,4 @@ pub mod source;
 
 pub mod controller;
 pub mod publish;
+pub mod replica;

@@ -494,7 +494,7 @@ async fn heartbeat_handler(
         Ok(b) => b,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("heartbeat: {e}")),
     };
-    match intake(&st.shared, hb, st.via, None).await {
+    match intake(&st.shared.store, hb, st.via, None).await {
         Ok(reply) => Json(reply).into_response(),
         Err(IntakeError::Refused(e)) => err(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         Err(IntakeError::Store(e)) => store_err(e),
@@ -555,18 +555,33 @@ pub async fn run_audit(
     }))
 }
 
+/// Why a heartbeat was not taken.
 #[derive(Debug, thiserror::Error)]
-enum IntakeError {
+pub enum IntakeError {
     #[error(transparent)]
     Refused(#[from] HeartbeatError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+/// Heartbeat intake for the node co-located with this process (see
+/// `crate::replica`): a transport refuses to dial itself, so that node cannot
+/// open a fabric channel to its own `control` service. Its heartbeats come in
+/// through this call instead, with the same checks as the fabric path (the
+/// node's own key as the verified sender) and stamped `fabric`: nothing
+/// crosses a TCP edge, so it is no compat dependency.
+pub async fn intake_colocated(
+    store: &Arc<dyn Store>,
+    hb: HeartbeatBody,
+    node: NodeId,
+) -> Result<HeartbeatReply, IntakeError> {
+    intake(store, hb, IntakePath::Fabric, Some(node)).await
+}
+
 /// Validates, stamps and stores one heartbeat and builds the reply.
 /// `sender` is the verified `NodeId` of a fabric channel's peer.
 async fn intake(
-    shared: &Shared,
+    store: &Arc<dyn Store>,
     mut hb: HeartbeatBody,
     via: IntakePath,
     sender: Option<NodeId>,
@@ -581,7 +596,7 @@ async fn intake(
             .into());
         }
     }
-    let node_obj = shared.store.get_object(Kind::FabricNode, &hb.node).await?;
+    let node_obj = store.get_object(Kind::FabricNode, &hb.node).await?;
     let node_spec = node_obj
         .as_ref()
         .and_then(|o| serde_json::from_value::<FabricNodeSpec>(o.spec.clone()).ok());
@@ -601,14 +616,11 @@ async fn intake(
         what: format!("heartbeat of {node:?}"),
         reason: e.to_string(),
     })?;
-    shared
-        .store
-        .record_heartbeat(&node, body, now_millis())
-        .await?;
+    store.record_heartbeat(&node, body, now_millis()).await?;
     Ok(HeartbeatReply {
         accepted: true,
-        update_hints: update_hints(shared.store.as_ref(), &node, node_spec.as_ref()).await?,
-        control_endpoints: canonical_endpoints(shared.store.as_ref())
+        update_hints: update_hints(store.as_ref(), &node, node_spec.as_ref()).await?,
+        control_endpoints: canonical_endpoints(store.as_ref())
             .await?
             .into_iter()
             .map(|e| e.to_string())
@@ -702,7 +714,7 @@ fn spawn_control_service(
                     };
                     let reply = match req {
                         Ok(ControlRequest::Heartbeat(hb)) => {
-                            match intake(&shared, *hb, IntakePath::Fabric, Some(peer)).await {
+                            match intake(&shared.store, *hb, IntakePath::Fabric, Some(peer)).await {
                                 Ok(r) => r,
                                 Err(e) => HeartbeatReply {
                                     accepted: false,
