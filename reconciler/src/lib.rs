@@ -1,10 +1,9 @@
-//! The Fabric control plane.
-//!
-//! It will hold the manifest sources (a GitOps folder watched with notify, and
-//! `apply` through the Control API), the durable store (embedded by default,
-//! PostgreSQL in production), the reconcile loops that write `observedGeneration`
-//! and conditions back, registry signing, the update orchestrator and the fleet
-//! audit.
+//! The Fabric control plane: manifest sources (a GitOps folder, `apply`
+//! through the Control API), the durable store (embedded or PostgreSQL), the
+//! reconcile loops that publish signed records and write `observedGeneration`
+//! and conditions back, the update orchestrator, the Control API and the
+//! fleet audit. [`replica`] wires them into the production process
+//! (`fabric-reconciler serve`); `docs/control-plane.md` has the design.
 
 pub mod api;
 pub mod audit;
