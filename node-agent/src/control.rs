@@ -258,6 +258,12 @@ pub struct HeartbeatBody {
     /// the server's receive time).
     #[serde(default)]
     pub sent_at_ms: u64,
+    /// `Some(false)`: this agent predates the orchestrator and cannot verify
+    /// or hold rollout leases, so the orchestrator updates it through the
+    /// compat bridge ([`HeartbeatReply::bridge`]). Absent means lease-capable
+    /// (every current agent), which keeps old heartbeats meaning what they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_support: Option<bool>,
     /// Stamped by the server on intake; whatever a node sends is overwritten,
     /// so a node cannot hide that it used the compat contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -353,6 +359,42 @@ pub struct HeartbeatReply {
     pub control_endpoints: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The compat bridge's explicit update command, present only in replies to
+    /// the one compat node the orchestrator is updating right now. Omitted
+    /// otherwise, so the reply's bytes are unchanged for every other node, and
+    /// old agents (which ignore unknown fields: no `deny_unknown_fields` here)
+    /// read it as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<BridgeCommand>,
+}
+
+/// An update command for a node that predates the orchestrator (it heartbeats
+/// with `lease_support: false`). It replaces the lease such a node cannot
+/// verify: install `version` of `component` from `artifact`, then report the
+/// new version in the next heartbeat. A node that gives up reports
+/// `updater.update = {intent, generation, phase: component, state:
+/// "rolled_back"}` (or `aborted`), which stops the bridge for an operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeCommand {
+    /// The `UpdateIntent` this command carries out.
+    pub intent: String,
+    pub generation: u64,
+    /// `node-agent` or `host-agent`.
+    pub component: String,
+    pub version: String,
+    pub artifact: BridgeArtifact,
+    /// Unix seconds: a node still not on `version` by then counts as failed.
+    pub deadline: i64,
+}
+
+/// Where to fetch a bridged update and how to check it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeArtifact {
+    /// Lower-case hex SHA-256 of the artifact; install nothing that differs.
+    pub sha256: String,
+    pub size: u64,
+    #[serde(default)]
+    pub mirrors: Vec<String>,
 }
 
 /// A request on the `control` channel.
@@ -679,6 +721,8 @@ pub fn heartbeat_from_status(
         updater: extras.updater.clone(),
         edge_listeners: status.edge_listeners.clone(),
         sent_at_ms: now_ms(),
+        // This agent verifies leases; only legacy agents say otherwise.
+        lease_support: None,
         received_via: None,
     }
 }

@@ -7,9 +7,9 @@
 //! versions and update report the rollout planner consumes.
 
 pub use fabric_node_agent::control::{
-    ControlEndpoint, ControlRequest, DirectoryReport, EndpointParseError, HeartbeatBody,
-    HeartbeatError, HeartbeatReply, HeartbeatUpdate, IntakePath, PeerMetrics,
-    RegistryRuntimeReport, UpdaterReport, UpdaterSubscription, CONTROL_API_SERVICE,
+    BridgeArtifact, BridgeCommand, ControlEndpoint, ControlRequest, DirectoryReport,
+    EndpointParseError, HeartbeatBody, HeartbeatError, HeartbeatReply, HeartbeatUpdate, IntakePath,
+    PeerMetrics, RegistryRuntimeReport, UpdaterReport, UpdaterSubscription, CONTROL_API_SERVICE,
     CONTROL_SERVICE, MAX_HEARTBEAT_BYTES, QUIC_UDP,
 };
 

@@ -54,6 +54,7 @@ fn good(node: &str) -> HeartbeatBody {
         },
         edge_listeners: Vec::new(),
         sent_at_ms: NOW as u64,
+        lease_support: None,
         received_via: Some(IntakePath::Fabric),
     }
 }

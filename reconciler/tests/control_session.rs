@@ -56,6 +56,7 @@ impl HeartbeatSource for Beats {
             },
             edge_listeners: Vec::new(),
             sent_at_ms: 0,
+            lease_support: None,
             received_via: None,
         }
     }

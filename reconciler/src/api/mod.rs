@@ -616,7 +616,20 @@ async fn intake(
         what: format!("heartbeat of {node:?}"),
         reason: e.to_string(),
     })?;
-    store.record_heartbeat(&node, body, now_millis()).await?;
+    let received_ms = now_millis();
+    store.record_heartbeat(&node, body, received_ms).await?;
+    // Only a node that says it cannot hold leases is updated through the
+    // bridge; a lease-capable node never gets a command, even if the store
+    // named it (it is updated by leases, and two update paths would race).
+    let bridge = if hb.lease_support == Some(false) {
+        crate::orchestrator::bridge_command(store.as_ref(), &node, received_ms.div_euclid(1000))
+            .await?
+    } else {
+        None
+    };
+    if let Some(b) = &bridge {
+        tracing::info!(node, intent = %b.intent, version = %b.version, "bridge command delivered");
+    }
     Ok(HeartbeatReply {
         accepted: true,
         update_hints: update_hints(store.as_ref(), &node, node_spec.as_ref()).await?,
@@ -626,6 +639,7 @@ async fn intake(
             .map(|e| e.to_string())
             .collect(),
         error: None,
+        bridge,
     })
 }
 

@@ -4,7 +4,7 @@
 //! the rollout's own limits. Pure: the driver gathers the inputs, stores the
 //! state and hands the emitted action to whatever runs the compat path.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use fabric_schemas::kinds::{Component, NodeRole, RolloutPolicySpec, Strategy};
 
@@ -21,6 +21,8 @@ pub(crate) struct BridgeInput<'a> {
     /// The real fleet (true versions, compat nodes included).
     pub fleet: &'a Fleet,
     pub live: &'a LiveStates,
+    /// Stored heartbeat count per node (orders reports against an action's start).
+    pub heartbeat_counts: &'a BTreeMap<String, u64>,
     /// Nodes whose heartbeat says they cannot take leases.
     pub compat: &'a BTreeSet<String>,
     /// Every lease out after this tick's grants and revocations, of every
@@ -104,17 +106,19 @@ pub(crate) fn step(input: &BridgeInput<'_>, prior: &BridgeState) -> BridgeOutcom
             .and_then(|l| l.update.as_ref())
             .filter(|r| {
                 r.intent == intent.name && r.generation == intent.generation && r.phase == phase
+            })
+            // Only a report written after the node could see the action is
+            // about it (see `BridgeAction::failure_reports_after`).
+            .filter(|_| {
+                action
+                    .failure_reports_after
+                    .is_none_or(|after| input.heartbeat_counts.get(n).is_some_and(|c| *c > after))
             });
         let failed = if current(n) {
             None
         } else if health(n) == Health::HeartbeatLost {
             Some("heartbeat lost during the bridge update".to_owned())
-        } else if let Some(r) = report.filter(|r| {
-            matches!(
-                r.state,
-                UpdateState::RolledBack | UpdateState::Blocked | UpdateState::Aborted
-            )
-        }) {
+        } else if let Some(r) = report.filter(|r| is_failure(r.state)) {
             Some(format!("reported {} through the bridge", r.state.as_str()))
         } else if input.now >= action.deadline {
             Some(format!(
@@ -200,6 +204,17 @@ pub(crate) fn step(input: &BridgeInput<'_>, prior: &BridgeState) -> BridgeOutcom
             if input.earlier_phase_pending.contains(n) || !admissible(input, &targeted, n) {
                 continue;
             }
+            let count = input.heartbeat_counts.get(n).copied().unwrap_or_default();
+            let failing_now = input
+                .live
+                .get(n)
+                .and_then(|l| l.update.as_ref())
+                .is_some_and(|r| {
+                    r.intent == intent.name
+                        && r.generation == intent.generation
+                        && r.phase == phase
+                        && is_failure(r.state)
+                });
             let action = BridgeAction {
                 intent: intent.name.clone(),
                 generation: intent.generation,
@@ -209,6 +224,7 @@ pub(crate) fn step(input: &BridgeInput<'_>, prior: &BridgeState) -> BridgeOutcom
                 artifact_sha256: intent.spec.artifact.sha256.clone(),
                 started_at: input.now,
                 deadline: input.now.saturating_add(input.timeout_secs),
+                failure_reports_after: Some(count.saturating_add(u64::from(failing_now))),
             };
             out.events.push((
                 "BridgeStarted",
@@ -242,6 +258,14 @@ pub(crate) fn step(input: &BridgeInput<'_>, prior: &BridgeState) -> BridgeOutcom
         hold_reasons,
     };
     out
+}
+
+/// A report that ends a bridge action as failed.
+fn is_failure(state: UpdateState) -> bool {
+    matches!(
+        state,
+        UpdateState::RolledBack | UpdateState::Blocked | UpdateState::Aborted
+    )
 }
 
 /// Compat nodes are never canaries: they go once the canary has reached its

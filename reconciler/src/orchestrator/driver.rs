@@ -254,6 +254,10 @@ impl Orchestrator {
             .filter(|(n, _)| fleet.contains_key(*n))
             .map(|(n, v)| (n.clone(), v.live.clone()))
             .collect();
+        let heartbeat_counts: BTreeMap<String, u64> = views
+            .iter()
+            .map(|(n, v)| (n.clone(), v.received_count))
+            .collect();
         let compat: BTreeSet<String> = views
             .iter()
             .filter(|(n, v)| v.compat && fleet.contains_key(*n))
@@ -598,6 +602,7 @@ impl Orchestrator {
                 policy: &p.policy,
                 fleet: &fleet,
                 live: &live,
+                heartbeat_counts: &heartbeat_counts,
                 compat: &compat,
                 leases_after: &leases_after,
                 other_bridge_busy: other_busy,

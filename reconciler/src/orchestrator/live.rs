@@ -24,6 +24,9 @@ pub struct HeartbeatView {
     pub compat: bool,
     /// When the intake stored the heartbeat, Unix seconds.
     pub received_at: i64,
+    /// Heartbeats stored for this node so far: orders reports exactly, where
+    /// `received_at` (whole seconds) cannot tell two heartbeats of one second apart.
+    pub received_count: u64,
 }
 
 /// Reads a stored heartbeat as of `now` (Unix seconds). A heartbeat older than
@@ -44,6 +47,7 @@ pub fn view(hb: &StoredHeartbeat, now: i64, timeout_secs: i64) -> HeartbeatView 
         versions: read_versions(body),
         compat: read_compat(body),
         received_at,
+        received_count: hb.received_count,
     }
 }
 

@@ -13,6 +13,8 @@
 //! - The compat bridge: nodes whose heartbeat says they cannot take leases
 //!   are driven through the compat path one at a time ([`BridgeAction`]),
 //!   with [`TickReport::bridge_hold_required`] when one needs an operator.
+//!   [`bridge_command`] is its executor: the Control API puts the in-flight
+//!   action into the named node's heartbeat reply.
 //!
 //! Design and field reference: `docs/orchestrator.md`, "Driver, durability
 //! and control".
@@ -22,6 +24,7 @@
 mod bridge;
 pub mod control;
 mod driver;
+mod executor;
 pub mod live;
 mod state;
 
@@ -30,6 +33,7 @@ pub use driver::{
     LeaseBody, LeaseReport, Orchestrator, OrchestratorConfig, OrchestratorKeys, RolloutReport,
     SkippedIntent, TickReport,
 };
+pub use executor::bridge_command;
 pub use state::{BridgeAction, BridgeState, BridgeStatus, ExtraCondition, RolloutDoc};
 
 use crate::rollout::PlanError;

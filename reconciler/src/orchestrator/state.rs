@@ -79,6 +79,16 @@ pub struct BridgeAction {
     pub started_at: i64,
     /// Unix seconds: no new version reported by then counts as a failure.
     pub deadline: i64,
+    /// A failure report (`rolled_back` / `blocked` / `aborted`) counts only
+    /// from a heartbeat numbered above this (the node's stored heartbeat
+    /// count). Set at start to the count then, plus one when the node was
+    /// already reporting a failure for this intent: the heartbeat that picks
+    /// the command up was written before the node saw it, so a `rolled_back`
+    /// left over from an earlier attempt (before `resume --retry-failed`)
+    /// cannot fail the retry. `None` in actions stored before this field
+    /// existed: every report counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reports_after: Option<u64>,
 }
 
 /// What the bridge is doing, for status and the tick report.
