@@ -133,6 +133,13 @@ async fn status_shows_a_stop_and_control_commands_change_it() {
         "resume clears the automatic stop"
     );
 
+    let (code, text, err) = fabricctl(&["rollout", "override", INTENT, "--store", &store]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("recovery-override=yes"), "{text}");
+    let (code, text, err) = fabricctl(&["rollout", "override", INTENT, "--store", &store, "--off"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("recovery-override=no"), "{text}");
+
     let (code, text, err) = fabricctl(&[
         "rollout",
         "abort",

@@ -22,6 +22,19 @@ pub enum Command {
     Abort(AbortArgs),
     /// Phase, counts, canary step, conditions with reasons, outstanding leases, bridge.
     Status(Target),
+    /// Allow (or, with --off, withdraw) a farm-wide start for this rollout. The
+    /// leases it produces are co-signed with the recovery-admin key, and nodes
+    /// refuse them without that signature.
+    Override(OverrideArgs),
+}
+
+#[derive(clap::Args)]
+pub struct OverrideArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Withdraw the override instead of setting it.
+    #[arg(long)]
+    pub off: bool,
 }
 
 #[derive(clap::Args)]
@@ -73,6 +86,14 @@ pub fn run(command: Command) -> Result<ExitCode> {
                 (t, control::abort(&*store, &t.name, &a.reason).await)
             }
             Command::Status(t) => (t, control::status(&*open(&t.store).await?, &t.name).await),
+            Command::Override(a) => {
+                let t = &a.target;
+                let store = open(&t.store).await?;
+                (
+                    t,
+                    control::set_recovery_override(&*store, &t.name, !a.off).await,
+                )
+            }
         };
         let view = view.with_context(|| format!("rollout {:?}", target.name))?;
         match target.output {
