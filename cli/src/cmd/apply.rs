@@ -109,8 +109,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// The file, or every .yaml/.yml/.json file under the folder (sorted,
 /// recursive, hidden entries skipped), as `fabricctl validate` reads them.
 fn read_files(path: &Path) -> anyhow::Result<Vec<ManifestFile>> {
-    let mut paths = Vec::new();
-    collect(path, &mut paths).with_context(|| format!("reading {}", path.display()))?;
+    let paths = fabric_schemas::manifest::manifest_files(path)
+        .with_context(|| format!("reading {}", path.display()))?;
     if paths.is_empty() {
         anyhow::bail!("{}: no .yaml, .yml or .json files found", path.display());
     }
@@ -125,31 +125,4 @@ fn read_files(path: &Path) -> anyhow::Result<Vec<ManifestFile>> {
             })
         })
         .collect()
-}
-
-fn collect(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if std::fs::metadata(path)?.is_file() {
-        out.push(path.to_owned());
-        return Ok(());
-    }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            !p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'))
-        })
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            collect(&p, out)?;
-        } else if matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        ) {
-            out.push(p);
-        }
-    }
-    Ok(())
 }

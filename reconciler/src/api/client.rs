@@ -1,7 +1,6 @@
 //! A small Control API client (hyper, HTTP/1.1, one connection per request):
 //! what `fabricctl apply/get/audit` and the tests use.
 
-use std::fmt;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -14,45 +13,8 @@ use crate::audit::AuditReport;
 use crate::heartbeat::{HeartbeatBody, HeartbeatReply};
 use crate::store::StoredObject;
 
-/// A manifest error as the server reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct RemoteManifestError {
-    pub file: String,
-    #[serde(default)]
-    pub line: Option<usize>,
-    #[serde(default)]
-    pub column: Option<usize>,
-    #[serde(default)]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for RemoteManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if let Some(l) = self.line {
-            write!(f, ":{l}")?;
-            if let Some(c) = self.column {
-                write!(f, ":{c}")?;
-            }
-        }
-        f.write_str(": ")?;
-        match (&self.kind, &self.name) {
-            (Some(k), Some(n)) => write!(f, "{k} {n:?}: ")?,
-            (Some(k), None) => write!(f, "{k}: ")?,
-            (None, Some(n)) => write!(f, "{n:?}: ")?,
-            (None, None) => {}
-        }
-        if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
-        }
-        f.write_str(&self.message)
-    }
-}
+/// A manifest error as the server reports it: the same type `validate` prints.
+pub type RemoteManifestError = fabric_schemas::manifest::ManifestError;
 
 #[derive(Debug, Deserialize)]
 struct RemoteError {

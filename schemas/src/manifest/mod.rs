@@ -72,19 +72,21 @@ impl Object {
     }
 }
 
-/// A problem with a manifest, located as precisely as possible.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// A problem with a manifest, located as precisely as possible. It travels
+/// as JSON too (the Control API returns these for a refused apply).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestError {
     pub file: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Dotted field path inside the object (`spec.endpoints[0].address`); empty for whole-object errors.
+    #[serde(default)]
     pub field: String,
     pub message: String,
 }
@@ -127,11 +129,13 @@ pub struct LoadReport {
 /// cross-object checks. Objects with errors are left out of `objects`.
 pub fn load_path(path: &Path) -> LoadReport {
     let mut report = LoadReport::default();
-    let mut files = Vec::new();
-    if let Err(e) = collect_files(path, &mut files) {
-        report.errors.push(file_error(path, e.to_string()));
-        return report;
-    }
+    let files = match manifest_files(path) {
+        Ok(f) => f,
+        Err(e) => {
+            report.errors.push(file_error(path, e.to_string()));
+            return report;
+        }
+    };
     if files.is_empty() {
         report.errors.push(file_error(
             path,
@@ -173,6 +177,14 @@ fn file_error(path: &Path, message: String) -> ManifestError {
         field: String::new(),
         message,
     }
+}
+
+/// The file, or every `.yaml`/`.yml`/`.json` file under the folder (sorted,
+/// recursively, hidden entries skipped): what `validate` and `apply` read.
+pub fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    collect_files(path, &mut out)?;
+    Ok(out)
 }
 
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
