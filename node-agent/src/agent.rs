@@ -886,6 +886,7 @@ impl Runner {
             directory_records: self.dir.records,
             directory_nodes: self.dir.nodes.len(),
             directory_services: self.dir.services.len(),
+            directory_conflicts: self.dir.conflicts.clone(),
             registry: self.registry(now),
             rejections: self
                 .core

@@ -88,6 +88,9 @@ pub struct Directory {
     pub services: BTreeMap<String, ServiceEntry>,
     /// Records of every kind, unexpired.
     pub records: usize,
+    /// Records that clash with another (two service records for one service,
+    /// two node records with one key): which one won and why, for status.
+    pub conflicts: Vec<String>,
 }
 
 impl Directory {
@@ -110,6 +113,30 @@ impl Directory {
                     let Some(node_id) = n.node_id.as_deref().and_then(|s| s.parse().ok()) else {
                         continue;
                     };
+                    // One key is one identity: if two records claim it, the
+                    // newer generation (then the smaller name) wins, whatever
+                    // order the store lists them in.
+                    if let Some(other) = d
+                        .nodes
+                        .values()
+                        .find(|o| o.node_id == node_id && o.name != r.name)
+                    {
+                        let (og, on) = (other.generation, other.name.clone());
+                        if (og, std::cmp::Reverse(on.clone()))
+                            >= (r.generation, std::cmp::Reverse(r.name.clone()))
+                        {
+                            d.conflicts.push(format!(
+                                "node records {on:?} and {:?} claim one key; kept {on:?}",
+                                r.name
+                            ));
+                            continue;
+                        }
+                        d.conflicts.push(format!(
+                            "node records {on:?} and {:?} claim one key; kept {:?}",
+                            r.name, r.name
+                        ));
+                        d.nodes.remove(&on);
+                    }
                     d.nodes.insert(
                         r.name.clone(),
                         NodeEntry {
@@ -122,6 +149,24 @@ impl Directory {
                     );
                 }
                 Spec::ServiceRecord(s) => {
+                    if let Some(other) = d.services.get(&s.service) {
+                        let keep_other = (
+                            other.generation,
+                            std::cmp::Reverse(other.record_name.clone()),
+                        ) >= (r.generation, std::cmp::Reverse(r.name.clone()));
+                        let kept = if keep_other {
+                            other.record_name.clone()
+                        } else {
+                            r.name.clone()
+                        };
+                        d.conflicts.push(format!(
+                            "service {:?} is described by records {:?} and {:?}; kept {kept:?}",
+                            s.service, other.record_name, r.name
+                        ));
+                        if keep_other {
+                            continue;
+                        }
+                    }
                     d.services.insert(
                         s.service.clone(),
                         ServiceEntry {
@@ -139,6 +184,8 @@ impl Directory {
     }
 
     pub fn node_by_id(&self, id: &NodeId) -> Option<&NodeEntry> {
+        // A linear scan: directories are fleet-sized (the small-fleet rule)
+        // and this runs per event, not per byte.
         self.nodes.values().find(|n| &n.node_id == id)
     }
 
@@ -147,5 +194,66 @@ impl Directory {
         Kind::from_code(kind)
             .map(|k| k.as_str())
             .unwrap_or("unknown")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fabric::gossip::RecordKey;
+    use fabric_schemas::kinds::ServiceRecordSpec;
+    use fabric_schemas::{Record, Scope};
+
+    fn env(spec: &Spec, name: &str, generation: u64) -> Envelope {
+        let key = fabric_schemas::keys::generate();
+        let rec = Record::new(spec, name, generation, 0, 1_000, Scope::any()).expect("record");
+        let bytes = SignedEnvelope::sign(rec, &[&key]).encode();
+        Envelope::new(RecordKey::new(spec.kind().code(), name), generation, bytes)
+    }
+
+    fn svc(providers: &[&str]) -> Spec {
+        Spec::ServiceRecord(ServiceRecordSpec {
+            service: "control-api".into(),
+            providers: providers.iter().map(|p| p.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn clashing_service_records_resolve_the_same_way_in_any_order() {
+        let a = env(&svc(&["a"]), "control-api", 5);
+        let b = env(&svc(&["b"]), "control-api-2", 7);
+        for order in [vec![a.clone(), b.clone()], vec![b.clone(), a.clone()]] {
+            let d = Directory::from_envelopes(&order, 10);
+            assert_eq!(d.services["control-api"].record_name, "control-api-2");
+            assert_eq!(d.conflicts.len(), 1, "{:?}", d.conflicts);
+        }
+    }
+
+    #[test]
+    fn two_node_records_with_one_key_keep_the_newer() {
+        let id = hex::encode([9u8; 32]);
+        let node = |area: &str| {
+            Spec::FabricNode(fabric_schemas::kinds::FabricNodeSpec {
+                area: area.into(),
+                site_id: "s".into(),
+                locality_group: "l".into(),
+                nat_group: "g".into(),
+                node_id: Some(id.clone()),
+                roles: vec![],
+                endpoints: vec![],
+                critical: false,
+                resilience_target: None,
+            })
+        };
+        let old = env(&node("x"), "n-old", 1);
+        let new = env(&node("y"), "n-new", 2);
+        for order in [
+            vec![old.clone(), new.clone()],
+            vec![new.clone(), old.clone()],
+        ] {
+            let d = Directory::from_envelopes(&order, 10);
+            assert_eq!(d.nodes.keys().collect::<Vec<_>>(), vec!["n-new"]);
+            assert_eq!(d.conflicts.len(), 1);
+        }
     }
 }

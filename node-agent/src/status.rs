@@ -27,6 +27,10 @@ pub struct NodeStatus {
     pub directory_records: usize,
     pub directory_nodes: usize,
     pub directory_services: usize,
+    /// Clashing records (two service records for one service, two node
+    /// records with one key) and which one the directory kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directory_conflicts: Vec<String>,
     /// `fabric_registry_runtime_report`.
     pub registry: RegistryReport,
     /// Records refused, by `Rejection::reason()`.
@@ -65,6 +69,7 @@ impl NodeStatus {
             directory_records: 0,
             directory_nodes: 0,
             directory_services: 0,
+            directory_conflicts: Vec::new(),
             registry: RegistryReport {
                 status: RegistryStatus::Missing,
                 active_records: 0,
