@@ -54,8 +54,16 @@ impl RecordAdmission {
         Ok(AdmittedRecord {
             key: RecordKey::new(r.kind.code(), r.name.clone()),
             generation: r.generation,
+            expires_at_ms: Some(expiry_ms(r.expires_at)),
         })
     }
+}
+
+/// A record's `expires_at` (Unix seconds) as the gossip core's milliseconds.
+/// Every signed record expires, so there is no `None` here. A time before the
+/// epoch clamps to 0 (already expired) rather than wrapping to the far future.
+fn expiry_ms(expires_at: i64) -> u64 {
+    u64::try_from(expires_at).unwrap_or(0).saturating_mul(1000)
 }
 
 /// How a precise rejection maps onto the gossip layer's coarser reasons.
@@ -87,5 +95,47 @@ impl Admission for RecordAdmission {
             self.count(r.reason());
             gossip_reason(&r)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fabric_schemas::keys::{generate_trust_root, TrustRootPlan};
+    use fabric_schemas::kinds::{ServiceRecordSpec, Spec};
+    use fabric_schemas::trust::Role;
+    use fabric_schemas::{Envelope, Record, Scope};
+
+    #[test]
+    fn admitted_record_carries_the_signed_expiry_in_milliseconds() {
+        let now = 1_780_000_000i64;
+        let (spec, keys) = generate_trust_root(&TrustRootPlan::single_keys(now + 86_400));
+        let trust = TrustAnchor::from_spec(&spec).expect("trust root");
+        let control = keys
+            .iter()
+            .find(|k| k.role == Role::Control)
+            .expect("control key");
+        let spec = Spec::ServiceRecord(ServiceRecordSpec {
+            service: "update-store".into(),
+            providers: vec!["n1".into()],
+        });
+        let rec =
+            Record::new(&spec, "update-store", 3, now, now + 600, Scope::any()).expect("record");
+        let bytes = Envelope::sign(rec, &[&control.key]).encode();
+
+        let mut adm = RecordAdmission::new(trust);
+        let now_ms = u64::try_from(now).expect("positive") * 1000;
+        let got = adm.admit(&bytes, None, now_ms).expect("admitted");
+        assert_eq!(got.generation, 3);
+        assert_eq!(
+            got.expires_at_ms,
+            Some(u64::try_from(now + 600).expect("positive") * 1000)
+        );
+    }
+
+    #[test]
+    fn expiry_before_the_epoch_is_already_past_not_never() {
+        assert_eq!(expiry_ms(-5), 0);
+        assert_eq!(expiry_ms(i64::MAX), u64::MAX);
     }
 }

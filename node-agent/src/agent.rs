@@ -202,8 +202,11 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
                     continue;
                 };
                 // Re-admit: the trust root may have changed and records may have expired.
+                // The expiry admission reports goes into the snapshot so the core drops
+                // the record when it lapses instead of offering it forever.
                 if let Ok(adm) = admission.check(&bytes, now) {
-                    envs.push(gossip::Envelope::new(adm.key, adm.generation, bytes));
+                    let env = gossip::Envelope::new(adm.key, adm.generation, bytes);
+                    envs.push((env, adm.expires_at_ms));
                 }
             }
             tracing::info!(node = %cfg.name, records = envs.len(), of = c.records.len(), "restored directory from peer cache");
@@ -228,7 +231,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         cfg.gossip.clone(),
         seed,
         admission,
-        Arc::new(Snapshot::from_envelopes(restored)),
+        Arc::new(Snapshot::from_admitted(restored)),
     );
     for bytes in &cfg.seed_records {
         if let Err(e) = insert_signed(&mut core, bytes.clone(), now) {

@@ -14,6 +14,10 @@
 //!    spend ~520 bytes;
 //! 2. pushes its hot records (the rumor wave) to `fanout` random peers.
 //!
+//! Before both, the tick drops every record whose expiry (from admission) has
+//! passed, so nodes that dropped it agree on their summaries again; between
+//! ticks an expired record is held but never offered.
+//!
 //! Every byte sent is charged to a per-round and a per-peer budget; every
 //! byte received is charged to the sender's token bucket before decoding.
 
@@ -150,6 +154,8 @@ pub struct GossipStats {
     pub bytes_out: u64,
     pub exchanges_started: u64,
     pub exchanges_in_sync: u64,
+    /// Records dropped from the directory because their expiry passed.
+    pub expired: u64,
     /// Bytes sent per message type, indexed like [`MESSAGE_TYPES`].
     pub bytes_out_by_type: [u64; 6],
 }
@@ -172,6 +178,14 @@ impl GossipStats {
     pub fn rejected_total(&self) -> u64 {
         self.rejected.iter().sum()
     }
+}
+
+/// Outcome of [`Gossip::check`] for an envelope that passed.
+enum Checked {
+    /// Identical to the record held; nothing to store.
+    Duplicate,
+    /// Admitted and wins over what is held; store it with this expiry.
+    New { expires_at_ms: Option<u64> },
 }
 
 enum Ingest {
@@ -302,6 +316,14 @@ impl<A: Admission> Gossip<A> {
     /// Starts a round: one anti-entropy exchange and the rumor pushes.
     /// `peers` is who the driver can currently reach (self is skipped).
     pub fn tick(&mut self, now_ms: u64, peers: &[NodeId]) -> Vec<Outgoing> {
+        // Sweep first, so this round's SyncMids already describes the
+        // directory without expired records: a receiver refuses those, so
+        // keeping them would make every exchange differ and resend them.
+        let swept = self.store.sweep(now_ms);
+        if !swept.is_empty() {
+            self.stats.expired += swept.len() as u64;
+            tracing::debug!(count = swept.len(), "gossip records expired and dropped");
+        }
         self.round += 1;
         self.round_sent = 0;
         self.rumor_sent = 0;
@@ -347,7 +369,7 @@ impl<A: Admission> Gossip<A> {
                 let mut envelopes = Vec::new();
                 for (k, g) in &hot {
                     let Some(e) = self.store.get(k) else { continue };
-                    if e.generation() != *g {
+                    if e.generation() != *g || !e.live(now_ms) {
                         continue;
                     }
                     let len = envelope_len(&e.envelope);
@@ -497,10 +519,13 @@ impl<A: Admission> Gossip<A> {
         let start = self.rng.below(differing.len() as u64) as usize;
         for i in 0..differing.len() {
             let leaf = differing[(start + i) % differing.len()];
+            // Expired entries awaiting the next sweep are left out, as if
+            // already gone: listing them would only get them offered back.
             let entries: Vec<EntryDigest> = self
                 .store
                 .leaf_entries(leaf)
                 .into_iter()
+                .filter(|(_, e)| e.live(now_ms))
                 .map(|(key, e)| EntryDigest {
                     key,
                     generation: e.generation(),
@@ -545,7 +570,8 @@ impl<A: Admission> Gossip<A> {
             let theirs: HashMap<KeyHash, u64> =
                 l.entries.iter().map(|e| (e.key, e.generation)).collect();
             for (k, e) in &mine {
-                if theirs.get(k).is_none_or(|g| *g < e.generation()) {
+                // Never offer an expired record: the peer would refuse it.
+                if e.live(now_ms) && theirs.get(k).is_none_or(|g| *g < e.generation()) {
                     give.push(*k);
                 }
             }
@@ -564,7 +590,7 @@ impl<A: Admission> Gossip<A> {
         let mut size = HEADER_BYTES + 2 + 2 + want.len() * KEY_HASH_BYTES;
         let mut envelopes = Vec::new();
         for k in give {
-            let Some(e) = self.store.get(&k) else {
+            let Some(e) = self.store.get(&k).filter(|e| e.live(now_ms)) else {
                 continue;
             };
             let len = envelope_len(&e.envelope);
@@ -589,7 +615,10 @@ impl<A: Admission> Gossip<A> {
         let mut size = HEADER_BYTES + 2 + 2;
         let mut envelopes = Vec::new();
         for k in want.iter().take(self.cfg.max_want_per_exchange) {
-            let Some(e) = self.store.get(k) else { continue };
+            // A want for a record that has expired here goes unanswered.
+            let Some(e) = self.store.get(k).filter(|e| e.live(now_ms)) else {
+                continue;
+            };
             let len = envelope_len(&e.envelope);
             if size + len > room {
                 break;
@@ -669,11 +698,11 @@ impl<A: Admission> Gossip<A> {
             }
         }
         match self.check(&env, now_ms) {
-            Ok(false) => {
+            Ok(Checked::Duplicate) => {
                 self.stats.duplicates += 1;
                 Ingest::Known
             }
-            Ok(true) => {
+            Ok(Checked::New { expires_at_ms }) => {
                 let key = env.key.hash();
                 accepted.push(Accepted {
                     key: env.key.clone(),
@@ -684,7 +713,7 @@ impl<A: Admission> Gossip<A> {
                 if self.pulled < self.cfg.catch_up_threshold {
                     self.hot.add(key, env.generation);
                 }
-                self.store.put(key, Entry::new(key, env));
+                self.store.put(key, Entry::new(key, env, expires_at_ms));
                 self.stats.accepted += 1;
                 Ingest::Accepted
             }
@@ -699,9 +728,8 @@ impl<A: Admission> Gossip<A> {
         }
     }
 
-    /// `Ok(true)`: new, store it. `Ok(false)`: identical to what we hold.
     /// Cheap checks first, so junk costs no hashing and no admission call.
-    fn check(&mut self, env: &Envelope, now_ms: u64) -> Result<bool, RejectReason> {
+    fn check(&mut self, env: &Envelope, now_ms: u64) -> Result<Checked, RejectReason> {
         if env.key.name.len() > MAX_NAME_BYTES {
             return Err(RejectReason::Malformed);
         }
@@ -719,7 +747,7 @@ impl<A: Admission> Gossip<A> {
             if env.generation == g && env.digest == d {
                 // Same claim as held; nothing is stored, so unverified bytes
                 // behind a copied digest cannot hurt.
-                return Ok(false);
+                return Ok(Checked::Duplicate);
             }
         }
         if digest_of(&env.bytes) != env.digest {
@@ -729,11 +757,19 @@ impl<A: Admission> Gossip<A> {
         if admitted.key != env.key || admitted.generation != env.generation {
             return Err(RejectReason::KeyMismatch);
         }
+        if admitted.expires_at_ms.is_some_and(|x| x <= now_ms) {
+            // Admission may judge expiry at a coarser clock (whole seconds in
+            // production); storing a record the sweep would drop at once
+            // would only make it flicker in and out of the summary.
+            return Err(RejectReason::Expired);
+        }
         if held.is_some_and(|(g, _)| g == env.generation) {
             // Only a strictly higher generation replaces a held record.
             return Err(RejectReason::Conflict);
         }
-        Ok(true)
+        Ok(Checked::New {
+            expires_at_ms: admitted.expires_at_ms,
+        })
     }
 
     // ----- peers and budgets -----

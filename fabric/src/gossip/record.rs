@@ -98,6 +98,12 @@ pub fn digest_of(bytes: &[u8]) -> [u8; 32] {
 pub struct AdmittedRecord {
     pub key: RecordKey,
     pub generation: u64,
+    /// When the record stops being valid, in milliseconds since the Unix
+    /// epoch; `None` if it never expires. The core drops the record at this
+    /// instant (a record is dead once `now_ms >= expires_at_ms`), because
+    /// every receiver would refuse it from then on and offering it would
+    /// keep summaries apart forever.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// The caller's acceptance rule. In production this wraps

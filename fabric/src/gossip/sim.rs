@@ -30,6 +30,9 @@ pub const SERVICE_RECORD_KIND: u8 = 2;
 /// see realistic values.
 pub const SIM_EPOCH_MS: u64 = 1_780_000_000_000;
 
+/// Lifetime of the records the simulator mints (node records, `Sim::record`).
+pub const SIM_RECORD_TTL_MS: u64 = 86_400_000;
+
 const MAGIC: &[u8; 4] = b"SIMR";
 const TAG_BYTES: usize = 16;
 
@@ -109,7 +112,8 @@ impl Admission for SimAdmission {
         let mut x = [0u8; 8];
         x.copy_from_slice(&rest[8..]);
         let generation = u64::from_be_bytes(g);
-        if u64::from_be_bytes(x) <= now_ms {
+        let expires_at_ms = u64::from_be_bytes(x);
+        if expires_at_ms <= now_ms {
             return Err(RejectReason::Expired);
         }
         if held.is_some_and(|(h, _)| generation < h) {
@@ -118,6 +122,7 @@ impl Admission for SimAdmission {
         Ok(AdmittedRecord {
             key: RecordKey::new(kind, name),
             generation,
+            expires_at_ms: Some(expires_at_ms),
         })
     }
 }
@@ -243,8 +248,12 @@ impl Sim {
     /// node, generation 1 (a seeded state, shared in memory).
     pub fn full_directory(cfg: SimConfig) -> Self {
         Self::build(cfg, |ids, make| {
-            let envs: Vec<Envelope> = ids.iter().map(|id| make(id, 1)).collect();
-            Some(Arc::new(Snapshot::from_envelopes(envs)))
+            // The expiry `make` signs into every record, as admission would
+            // report it.
+            let expires_at_ms = Some(SIM_EPOCH_MS + SIM_RECORD_TTL_MS);
+            let envs: Vec<(Envelope, Option<u64>)> =
+                ids.iter().map(|id| (make(id, 1), expires_at_ms)).collect();
+            Some(Arc::new(Snapshot::from_admitted(envs)))
         })
     }
 
@@ -284,7 +293,7 @@ impl Sim {
         let payload = vec![0xA5u8; cfg.payload_bytes];
         let make = |id: &NodeId, generation: u64| {
             let key = RecordKey::new(NODE_RECORD_KIND, id.to_string());
-            sim_record(&secret, &key, generation, now + 86_400_000, &payload)
+            sim_record(&secret, &key, generation, now + SIM_RECORD_TTL_MS, &payload)
         };
         let base = snapshot(&ids, &make).unwrap_or_else(|| Arc::new(Snapshot::empty()));
         let nodes = ids
@@ -377,7 +386,7 @@ impl Sim {
             &self.secret,
             key,
             generation,
-            self.now + 86_400_000,
+            self.now + SIM_RECORD_TTL_MS,
             &payload,
         )
     }
