@@ -44,7 +44,7 @@ use fabric_node_agent::status::NodeStatus;
 use fabric_node_agent::{AgentConfig, AgentHandle};
 use tokio::sync::{oneshot, watch};
 
-use crate::api::{self, ApiConfig, ApiError, ApiHandle};
+use crate::api::{self, ApiConfig, ApiError, ApiHandle, HeartbeatIntake};
 use crate::controller::{
     ControlPlane, ControlPlaneConfig, ControlPlaneError, ReplicaState, RolloutLoop,
 };
@@ -153,11 +153,11 @@ impl Replica {
             }
             None => None,
         };
-        let heartbeats = match (&agent, local_session) {
-            (Some(a), Some((state_dir, every))) => {
+        let heartbeats = match (&agent, local_session, &api) {
+            (Some(a), Some((state_dir, every)), Some(h)) => {
                 let (tx, rx) = watch::channel(false);
                 let task = tokio::spawn(colocated_heartbeats(
-                    store.clone(),
+                    h.intake().clone(),
                     a.node_id(),
                     a.status_watch(),
                     state_dir,
@@ -272,7 +272,7 @@ async fn stop_agent(agent: Option<Arc<AgentHandle>>) {
 /// build it, goes to the intake; the reply's update hints are persisted to
 /// `update-trigger.json` (the updater's wake file) when they change.
 async fn colocated_heartbeats(
-    store: Arc<dyn Store>,
+    intake: HeartbeatIntake,
     node_id: NodeId,
     status: watch::Receiver<NodeStatus>,
     state_dir: PathBuf,
@@ -303,14 +303,14 @@ async fn colocated_heartbeats(
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
-        let recovery = api::canonical_endpoints(store.as_ref())
+        let recovery = api::canonical_endpoints(intake.store().as_ref())
             .await
             .unwrap_or_default();
         let hb = {
             let st = status.borrow();
             heartbeat_from_status(&st, &extras, Some(&live), &recovery)
         };
-        let reply = match api::intake_colocated(&store, hb, node_id).await {
+        let reply = match api::intake_colocated(&intake, hb, node_id).await {
             Ok(r) => {
                 if last_error.take().is_some() {
                     tracing::info!(node_id = %node_id, "co-located node heartbeats accepted again");

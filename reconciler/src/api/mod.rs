@@ -16,6 +16,7 @@
 
 pub mod apply;
 pub mod client;
+pub mod intake;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -51,6 +52,7 @@ pub use apply::{
     ManifestFile, BUNDLE_CONTENT_TYPE,
 };
 pub use client::{ApiClient, ClientError};
+pub use intake::{HeartbeatIntake, IntakeConfig, IntakeStats};
 
 /// Largest apply request body.
 pub const MAX_APPLY_BYTES: usize = 16 * 1024 * 1024;
@@ -113,6 +115,8 @@ pub struct ApiConfig {
     /// Serve `GET` endpoints without a token.
     pub anonymous_reads: bool,
     pub audit: AuditConfig,
+    /// Heartbeat batching (one queue for every intake path).
+    pub intake: IntakeConfig,
 }
 
 impl ApiConfig {
@@ -123,6 +127,7 @@ impl ApiConfig {
             compat: None,
             anonymous_reads: false,
             audit: AuditConfig::default(),
+            intake: IntakeConfig::default(),
         }
     }
 }
@@ -139,6 +144,7 @@ pub enum ApiError {
 
 struct Shared {
     store: Arc<dyn Store>,
+    intake: HeartbeatIntake,
     inventory: EdgeInventory,
     cfg: ApiConfig,
 }
@@ -155,6 +161,7 @@ pub struct ApiHandle {
     compat_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    intake: HeartbeatIntake,
 }
 
 impl ApiHandle {
@@ -168,12 +175,25 @@ impl ApiHandle {
         self.compat_addr
     }
 
-    /// Stops every listener and waits for them (bounded).
+    /// The heartbeat intake every path feeds (its counters; in-process
+    /// heartbeats of the co-located node, see [`intake_colocated`]).
+    pub fn intake(&self) -> &HeartbeatIntake {
+        &self.intake
+    }
+
+    /// Stops every listener and waits for them (bounded), then commits the
+    /// heartbeats still queued and stops the intake writer.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
+        // Listeners first: their in-flight requests still get their batch
+        // committed (and a 200), without waiting out the linger; what is left
+        // after them (a late fabric session, the co-located node) is flushed
+        // below.
+        self.intake.drain();
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
+        self.intake.shutdown().await;
     }
 }
 
@@ -185,14 +205,48 @@ pub async fn serve(
     cfg: ApiConfig,
     transport: Option<Transport>,
 ) -> Result<ApiHandle, ApiError> {
+    let intake = HeartbeatIntake::start(store.clone(), cfg.intake);
     let shared = Arc::new(Shared {
         store,
+        intake: intake.clone(),
         inventory: inventory.clone(),
         cfg: cfg.clone(),
     });
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
+    let started = start_listeners(&shared, &inventory, &cfg, transport, &rx, &mut tasks).await;
+    let (addr, compat_addr) = match started {
+        Ok(a) => a,
+        Err(e) => {
+            // Nothing may outlive a failed start: not the listeners already
+            // bound, not the intake writer.
+            let _ = shutdown.send(true);
+            for t in tasks {
+                let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            }
+            intake.shutdown().await;
+            return Err(e);
+        }
+    };
+    Ok(ApiHandle {
+        addr,
+        compat_addr,
+        shutdown,
+        tasks,
+        intake,
+    })
+}
+
+/// Binds the HTTP ingress, the compat listener and the fabric service.
+async fn start_listeners(
+    shared: &Arc<Shared>,
+    inventory: &EdgeInventory,
+    cfg: &ApiConfig,
+    transport: Option<Transport>,
+    rx: &watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<(SocketAddr, Option<SocketAddr>), ApiError> {
     let listener = inventory
         .bind(
             EdgeRole::ControlApiIngress,
@@ -239,12 +293,7 @@ pub async fn serve(
     if let Some(t) = transport {
         tasks.push(spawn_control_service(&t, shared.clone(), rx.clone())?);
     }
-    Ok(ApiHandle {
-        addr,
-        compat_addr,
-        shutdown,
-        tasks,
-    })
+    Ok((addr, compat_addr))
 }
 
 /// Adapts an inventory listener to axum's listener trait.
@@ -494,10 +543,20 @@ async fn heartbeat_handler(
         Ok(b) => b,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("heartbeat: {e}")),
     };
-    match intake(&st.shared.store, hb, st.via, None).await {
+    match intake(&st.shared.intake, hb, st.via, None).await {
         Ok(reply) => Json(reply).into_response(),
         Err(IntakeError::Refused(e)) => err(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         Err(IntakeError::Store(e)) => store_err(e),
+        Err(e @ (IntakeError::Busy { .. } | IntakeError::ShuttingDown)) => {
+            // Back-pressure, not failure: the node keeps its heartbeat and
+            // sends it again (here or to another replica).
+            let mut r = err(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
+        // Already logged once per batch by the writer.
+        Err(e @ IntakeError::Commit(_)) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
@@ -562,6 +621,39 @@ pub enum IntakeError {
     Refused(#[from] HeartbeatError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The intake queue is full; nothing was stored. Retry shortly.
+    #[error(
+        "heartbeat intake busy: {capacity} heartbeats already waiting to be stored; \
+         nothing was stored, retry shortly"
+    )]
+    Busy { capacity: usize },
+    /// The intake is stopping; nothing was stored. Retry (another replica).
+    #[error("heartbeat intake shutting down; nothing was stored, retry")]
+    ShuttingDown,
+    /// The batch holding this heartbeat failed to commit.
+    #[error("storing the heartbeat batch: {0}")]
+    Commit(Arc<StoreError>),
+}
+
+impl IntakeError {
+    /// True when sending the same heartbeat again later may succeed (the
+    /// heartbeat itself was fine).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, IntakeError::Refused(_))
+    }
+}
+
+impl HeartbeatIntake {
+    /// One heartbeat through the full intake (validation, batched durable
+    /// store, reply), as the HTTP listener takes it; for benches and tools
+    /// that hold an intake without the listeners.
+    pub async fn heartbeat(
+        &self,
+        hb: HeartbeatBody,
+        via: IntakePath,
+    ) -> Result<HeartbeatReply, IntakeError> {
+        intake(self, hb, via, None).await
+    }
 }
 
 /// Heartbeat intake for the node co-located with this process (see
@@ -571,21 +663,25 @@ pub enum IntakeError {
 /// node's own key as the verified sender) and stamped `fabric`: nothing
 /// crosses a TCP edge, so it is no compat dependency.
 pub async fn intake_colocated(
-    store: &Arc<dyn Store>,
+    intake: &HeartbeatIntake,
     hb: HeartbeatBody,
     node: NodeId,
 ) -> Result<HeartbeatReply, IntakeError> {
-    intake(store, hb, IntakePath::Fabric, Some(node)).await
+    self::intake(intake, hb, IntakePath::Fabric, Some(node)).await
 }
 
-/// Validates, stamps and stores one heartbeat and builds the reply.
+/// Validates, stamps and stores one heartbeat (through the batching queue:
+/// this returns only after its batch committed) and builds the reply.
 /// `sender` is the verified `NodeId` of a fabric channel's peer.
 async fn intake(
-    store: &Arc<dyn Store>,
+    intake: &HeartbeatIntake,
     mut hb: HeartbeatBody,
     via: IntakePath,
     sender: Option<NodeId>,
 ) -> Result<HeartbeatReply, IntakeError> {
+    let store = intake.store();
+    // Also keeps a malformed node name out of a shared batch: the checks are
+    // the store's name rules.
     hb.validate()?;
     if let Some(peer) = sender {
         if hb.node_id != peer.to_string() {
@@ -617,7 +713,7 @@ async fn intake(
         reason: e.to_string(),
     })?;
     let received_ms = now_millis();
-    store.record_heartbeat(&node, body, received_ms).await?;
+    intake.record(node.clone(), body, received_ms).await?;
     // Only a node that says it cannot hold leases is updated through the
     // bridge; a lease-capable node never gets a command, even if the store
     // named it (it is updated by leases, and two update paths would race).
@@ -728,7 +824,8 @@ fn spawn_control_service(
                     };
                     let reply = match req {
                         Ok(ControlRequest::Heartbeat(hb)) => {
-                            match intake(&shared.store, *hb, IntakePath::Fabric, Some(peer)).await {
+                            match intake(&shared.intake, *hb, IntakePath::Fabric, Some(peer)).await
+                            {
                                 Ok(r) => r,
                                 Err(e) => HeartbeatReply {
                                     accepted: false,

@@ -1,0 +1,341 @@
+//! The buffered heartbeat intake: concurrent heartbeats through the real HTTP
+//! listener are all stored exactly, in far fewer commits than heartbeats, and
+//! each reply comes only after its batch committed; a full queue refuses with a
+//! retryable 503; shutdown commits what is queued.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fabric::edge::EdgeInventory;
+use fabric_node_agent::control::{
+    DirectoryReport, HeartbeatBody, IntakePath, PeerMetrics, RegistryRuntimeReport, UpdaterReport,
+    UpdaterSubscription, QUIC_UDP,
+};
+use fabric_reconciler::api::{
+    self, ApiClient, ApiConfig, HeartbeatIntake, IntakeConfig, IntakeError, Token,
+};
+use fabric_reconciler::store::{EmbeddedStore, Store, StoredHeartbeat};
+use hyper::StatusCode;
+
+const TOKEN: &str = "operator-token-0123456789";
+
+/// A heartbeat of node `n`; `seq` goes into `sent_at_ms` so the test can tell
+/// which body was stored.
+fn beat(n: usize, seq: i64) -> HeartbeatBody {
+    HeartbeatBody {
+        node: format!("node-{n:04}"),
+        node_id: format!("{n:064x}"),
+        agent_version: "0.3.0".into(),
+        host_agent_version: None,
+        fabric_control_endpoint: None,
+        control_recovery_endpoints: Vec::new(),
+        inter_node_transport: QUIC_UDP.into(),
+        fabric_registry_runtime_report: RegistryRuntimeReport {
+            status: "active".into(),
+            ..Default::default()
+        },
+        directory: DirectoryReport::default(),
+        peer_metrics: PeerMetrics::default(),
+        updater: UpdaterReport {
+            subscription: UpdaterSubscription::Alive,
+            supports_hint_wake: true,
+            status_at_ms: None,
+            update: None,
+        },
+        edge_listeners: Vec::new(),
+        sent_at_ms: seq as u64,
+        lease_support: None,
+        received_via: None,
+    }
+}
+
+async fn open_store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    Arc::new(
+        EmbeddedStore::open(dir.path().join("store.redb"))
+            .await
+            .expect("store"),
+    )
+}
+
+async fn serve(store: Arc<dyn Store>, intake: IntakeConfig) -> api::ApiHandle {
+    let mut cfg = ApiConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        Token::new(TOKEN).expect("token"),
+    );
+    cfg.intake = intake;
+    api::serve(store, EdgeInventory::new(), cfg, None)
+        .await
+        .expect("serve")
+}
+
+fn client(h: &api::ApiHandle) -> ApiClient {
+    ApiClient::new(&format!("http://{}", h.addr()), Some(TOKEN.into())).expect("client")
+}
+
+async fn stored(store: &dyn Store) -> BTreeMap<String, StoredHeartbeat> {
+    store
+        .list_heartbeats()
+        .await
+        .expect("list heartbeats")
+        .into_iter()
+        .map(|h| (h.node.clone(), h))
+        .collect()
+}
+
+fn sent_at(h: &StoredHeartbeat) -> i64 {
+    h.body
+        .get("sent_at_ms")
+        .and_then(|v| v.as_i64())
+        .expect("stored body has sent_at_ms")
+}
+
+/// Polls until `f` holds (bounded).
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_heartbeats_over_http_are_stored_exactly_in_few_commits() {
+    const TASKS: usize = 50;
+    const PER_TASK: usize = 40;
+    const NODES_PER_TASK: usize = 4;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(&dir).await;
+    let handle = serve(store.clone(), IntakeConfig::default()).await;
+    let client = client(&handle);
+
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let client = client.clone();
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in 0..PER_TASK {
+                // Each task owns its nodes and sends in order, so the latest
+                // body of a node is the last one its task sent.
+                let n = t * NODES_PER_TASK + k % NODES_PER_TASK;
+                let seq = k as i64;
+                let reply = client.heartbeat(&beat(n, seq)).await.expect("heartbeat");
+                assert!(reply.accepted);
+                // A 200 means durably stored: the row is there already.
+                if k % 8 == 0 {
+                    let rows = stored(store.as_ref()).await;
+                    let row = rows.get(&format!("node-{n:04}")).expect("stored on reply");
+                    assert_eq!(row.received_count, (k / NODES_PER_TASK + 1) as u64);
+                    assert_eq!(sent_at(row), seq);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+
+    let total = (TASKS * PER_TASK) as u64;
+    let rows = stored(store.as_ref()).await;
+    assert_eq!(rows.len(), TASKS * NODES_PER_TASK);
+    for t in 0..TASKS {
+        for j in 0..NODES_PER_TASK {
+            let n = t * NODES_PER_TASK + j;
+            let row = &rows[&format!("node-{n:04}")];
+            assert_eq!(row.received_count, (PER_TASK / NODES_PER_TASK) as u64);
+            // The last k with k % NODES_PER_TASK == j.
+            let last = (PER_TASK - NODES_PER_TASK + j) as i64;
+            assert_eq!(sent_at(row), last, "latest body of node {n}");
+            assert_eq!(
+                row.body.get("received_via").and_then(|v| v.as_str()),
+                Some("control-api")
+            );
+        }
+    }
+    let stats = handle.intake().stats();
+    assert_eq!(stats.queued, total);
+    assert_eq!(stats.stored, total);
+    assert_eq!(stats.failed, 0);
+    assert_eq!(stats.refused_busy, 0);
+    assert!(
+        stats.commits * 10 <= total,
+        "expected far fewer commits than heartbeats: {stats:?}"
+    );
+    handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_of_one_node_in_a_batch_are_coalesced_and_all_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(&dir).await;
+    let intake = HeartbeatIntake::start(
+        store.clone(),
+        IntakeConfig {
+            max_batch: 1000,
+            max_delay: Duration::from_millis(300),
+            queue_capacity: 1000,
+        },
+    );
+    let mut tasks = Vec::new();
+    for i in 0..300usize {
+        let intake = intake.clone();
+        tasks.push(tokio::spawn(async move {
+            intake
+                .heartbeat(beat(i % 3, i as i64), IntakePath::ControlApi)
+                .await
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.expect("task").expect("intake").accepted);
+    }
+    let stats = intake.stats();
+    assert_eq!(stats.stored, 300);
+    assert!(stats.commits <= 5, "{stats:?}");
+    let rows = stored(store.as_ref()).await;
+    assert_eq!(rows.len(), 3);
+    for (n, row) in rows.values().enumerate() {
+        assert_eq!(row.received_count, 100);
+        assert_eq!(sent_at(row) % 3, n as i64, "a body of this node");
+    }
+    intake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_with_a_retryable_503() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(&dir).await;
+    // A long linger holds the first heartbeats in the open batch, so the
+    // queue stays full while the refusal is checked.
+    let handle = serve(
+        store.clone(),
+        IntakeConfig {
+            max_batch: 100,
+            max_delay: Duration::from_secs(2),
+            queue_capacity: 4,
+        },
+    )
+    .await;
+    let client = client(&handle);
+    let mut waiting = Vec::new();
+    for n in 0..4 {
+        let client = client.clone();
+        waiting.push(tokio::spawn(
+            async move { client.heartbeat(&beat(n, 1)).await },
+        ));
+    }
+    let intake = handle.intake().clone();
+    until("4 heartbeats queued", || intake.stats().queued == 4).await;
+
+    let e = client
+        .heartbeat(&beat(9, 1))
+        .await
+        .expect_err("queue is full");
+    assert_eq!(e.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{e}");
+    assert!(e.to_string().contains("retry"), "{e}");
+    assert_eq!(intake.stats().refused_busy, 1);
+
+    // The direct intake refuses the same way, and says it is retryable.
+    let e = intake
+        .heartbeat(beat(8, 1), IntakePath::ControlApi)
+        .await
+        .expect_err("queue is full");
+    assert!(matches!(e, IntakeError::Busy { capacity: 4 }), "{e}");
+    assert!(e.is_retryable());
+
+    // The queued ones are stored once their batch commits.
+    for w in waiting {
+        assert!(w.await.expect("task").expect("heartbeat").accepted);
+    }
+    let rows = stored(store.as_ref()).await;
+    assert_eq!(rows.len(), 4);
+    assert!(!rows.contains_key("node-0009"));
+    // Room again.
+    assert!(client.heartbeat(&beat(9, 2)).await.expect("retry").accepted);
+    handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_api_commits_queued_heartbeats_and_answers_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(&dir).await;
+    // A linger far longer than the test: only the shutdown flush stores them.
+    let handle = serve(
+        store.clone(),
+        IntakeConfig {
+            max_batch: 1000,
+            max_delay: Duration::from_secs(600),
+            queue_capacity: 100,
+        },
+    )
+    .await;
+    let client = client(&handle);
+    let mut waiting = Vec::new();
+    for n in 0..10 {
+        let client = client.clone();
+        waiting.push(tokio::spawn(
+            async move { client.heartbeat(&beat(n, 7)).await },
+        ));
+    }
+    let intake = handle.intake().clone();
+    until("10 heartbeats queued", || intake.stats().queued == 10).await;
+    assert!(
+        stored(store.as_ref()).await.is_empty(),
+        "nothing committed yet"
+    );
+
+    let start = Instant::now();
+    handle.stop().await;
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "stop drains without waiting out the linger"
+    );
+    for w in waiting {
+        assert!(w.await.expect("task").expect("heartbeat").accepted);
+    }
+    let rows = stored(store.as_ref()).await;
+    assert_eq!(rows.len(), 10);
+    assert!(rows.values().all(|r| sent_at(r) == 7));
+    assert_eq!(intake.stats().commits, 1);
+
+    // After shutdown the intake refuses (retryably) instead of queueing.
+    let e = intake
+        .heartbeat(beat(1, 8), IntakePath::ControlApi)
+        .await
+        .expect_err("stopped");
+    assert!(matches!(e, IntakeError::ShuttingDown), "{e}");
+    assert!(e.is_retryable());
+}
+
+#[tokio::test]
+async fn a_lone_heartbeat_is_committed_after_the_linger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(&dir).await;
+    let intake = HeartbeatIntake::start(
+        store.clone(),
+        IntakeConfig {
+            max_batch: 256,
+            max_delay: Duration::from_millis(20),
+            queue_capacity: 16,
+        },
+    );
+    let reply = intake
+        .heartbeat(beat(1, 1), IntakePath::ControlApi)
+        .await
+        .expect("intake");
+    assert!(reply.accepted);
+    assert_eq!(intake.stats().commits, 1);
+    assert_eq!(stored(store.as_ref()).await.len(), 1);
+    // An invalid heartbeat is refused before it reaches a batch.
+    let mut bad = beat(2, 1);
+    bad.node = "a/b".into();
+    let e = intake
+        .heartbeat(bad, IntakePath::ControlApi)
+        .await
+        .expect_err("invalid");
+    assert!(!e.is_retryable(), "{e}");
+    assert_eq!(intake.stats().queued, 1);
+    intake.shutdown().await;
+}
