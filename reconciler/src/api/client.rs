@@ -1,7 +1,6 @@
 //! A small Control API client (hyper, HTTP/1.1, one connection per request):
 //! what `fabricctl apply/get/audit` and the tests use.
 
-
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{header, Method, Request, StatusCode, Uri};
