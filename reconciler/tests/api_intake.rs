@@ -339,3 +339,149 @@ async fn a_lone_heartbeat_is_committed_after_the_linger() {
     assert_eq!(intake.stats().queued, 1);
     intake.shutdown().await;
 }
+
+fn node_spec(node_id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "area": "area-1", "siteId": "site-1", "localityGroup": "lg-1",
+        "natGroup": "nat-1", "nodeId": node_id,
+    })
+}
+
+async fn put(
+    store: &dyn Store,
+    kind: fabric_schemas::kinds::Kind,
+    name: &str,
+    spec: serde_json::Value,
+) {
+    store
+        .put_object(fabric_reconciler::store::PutObject::new(kind, name, spec))
+        .await
+        .expect("put");
+}
+
+/// Replies take the fleet-wide data from a shared snapshot, but the
+/// node-identity check never accepts on a cache miss or mismatch without a
+/// store read; new intents show after an invalidation or the max age.
+#[tokio::test]
+async fn reply_snapshot_keeps_the_node_identity_check_and_bounds_hint_staleness() {
+    use fabric_schemas::kinds::Kind;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(&dir).await;
+    put(
+        store.as_ref(),
+        Kind::FabricNode,
+        "node-0001",
+        node_spec(&beat(1, 0).node_id),
+    )
+    .await;
+    // A max age no test run reaches: only invalidation refreshes.
+    let intake = HeartbeatIntake::start_with_reply_cache(
+        store.clone(),
+        IntakeConfig::default(),
+        Duration::from_secs(600),
+    );
+    let hb = |n, id: &str| {
+        let mut b = beat(n, 1);
+        b.node_id = id.into();
+        b
+    };
+    let id1 = beat(1, 0).node_id;
+    let reply = intake
+        .heartbeat(hb(1, &id1), IntakePath::ControlApi)
+        .await
+        .expect("known node");
+    assert!(reply.update_hints.is_empty());
+
+    // A node created after the snapshot: a miss reads the store, so a wrong
+    // key is refused and the right one accepted.
+    let id2 = format!("{:064x}", 0xbeefu32);
+    put(
+        store.as_ref(),
+        Kind::FabricNode,
+        "node-0002",
+        node_spec(&id2),
+    )
+    .await;
+    let e = intake
+        .heartbeat(hb(2, &id1), IntakePath::ControlApi)
+        .await
+        .expect_err("wrong key");
+    assert!(!e.is_retryable(), "{e}");
+    intake
+        .heartbeat(hb(2, &id2), IntakePath::ControlApi)
+        .await
+        .expect("right key");
+
+    // A rekeyed node: the cached key mismatches, the store decides.
+    let new1 = format!("{:064x}", 0xfeedu32);
+    put(
+        store.as_ref(),
+        Kind::FabricNode,
+        "node-0001",
+        node_spec(&new1),
+    )
+    .await;
+    intake
+        .heartbeat(hb(1, &new1), IntakePath::ControlApi)
+        .await
+        .expect("new key");
+    intake.invalidate_replies();
+    let e = intake
+        .heartbeat(hb(1, &id1), IntakePath::ControlApi)
+        .await
+        .expect_err("old key after refresh");
+    assert!(!e.is_retryable(), "{e}");
+
+    // A new intent: not in the current snapshot, shown after invalidation.
+    put(
+        store.as_ref(),
+        Kind::UpdateIntent,
+        "agent-next",
+        serde_json::json!({"component": "node-agent", "version": "0.3.1",
+            "artifact": {"sha256": "ab".repeat(32), "size": 4096,
+                         "mirrors": ["fabric://update-cache/node-agent-0.3.1"]},
+            "target": {"all": true}, "policy": "careful"}),
+    )
+    .await;
+    let reply = intake
+        .heartbeat(hb(1, &new1), IntakePath::ControlApi)
+        .await
+        .expect("hb");
+    assert!(reply.update_hints.is_empty(), "snapshot not refreshed yet");
+    intake.invalidate_replies();
+    let reply = intake
+        .heartbeat(hb(1, &new1), IntakePath::ControlApi)
+        .await
+        .expect("hb");
+    assert_eq!(reply.update_hints.get("node-agent"), Some(&1));
+    intake.shutdown().await;
+
+    // With a short max age the hint shows within it, without invalidation.
+    let intake = HeartbeatIntake::start_with_reply_cache(
+        store.clone(),
+        IntakeConfig::default(),
+        Duration::from_millis(100),
+    );
+    let reply = intake
+        .heartbeat(hb(2, &id2), IntakePath::ControlApi)
+        .await
+        .expect("hb");
+    assert_eq!(reply.update_hints.get("node-agent"), Some(&1));
+    put(
+        store.as_ref(),
+        Kind::UpdateIntent,
+        "agent-other",
+        serde_json::json!({"component": "host-agent", "version": "0.3.1",
+            "artifact": {"sha256": "cd".repeat(32), "size": 4096,
+                         "mirrors": ["fabric://update-cache/host-agent-0.3.1"]},
+            "target": {"all": true}, "policy": "careful"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let reply = intake
+        .heartbeat(hb(2, &id2), IntakePath::ControlApi)
+        .await
+        .expect("hb");
+    assert_eq!(reply.update_hints.get("host-agent"), Some(&1));
+    intake.shutdown().await;
+}

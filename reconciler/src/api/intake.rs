@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
+use super::reply_cache::{ReplyCache, Snapshot, DEFAULT_REPLY_CACHE_MAX_AGE};
 use super::IntakeError;
 use crate::store::{Heartbeat, Json, Store, StoreError, UnixMillis};
 
@@ -124,6 +125,8 @@ pub struct HeartbeatIntake {
 struct Inner {
     store: Arc<dyn Store>,
     cfg: IntakeConfig,
+    /// Fleet-wide reply data shared by every reply (`reply_cache`).
+    replies: ReplyCache,
     // Unbounded channel, bounded by `permits`: a permit is taken before a
     // send, so the channel never holds more than `queue_capacity`.
     tx: mpsc::UnboundedSender<Pending>,
@@ -143,8 +146,21 @@ impl std::fmt::Debug for HeartbeatIntake {
 }
 
 impl HeartbeatIntake {
-    /// Starts the writer task. Must be called inside a Tokio runtime.
+    /// Starts the writer task, with replies built from a snapshot at most
+    /// 250 ms old (see [`start_with_reply_cache`](Self::start_with_reply_cache)).
+    /// Must be called inside a Tokio runtime.
     pub fn start(store: Arc<dyn Store>, cfg: IntakeConfig) -> HeartbeatIntake {
+        Self::start_with_reply_cache(store, cfg, DEFAULT_REPLY_CACHE_MAX_AGE)
+    }
+
+    /// Starts the writer task. Replies take the fleet-wide data (nodes,
+    /// update intents, canonical endpoints) from a shared snapshot at most
+    /// `reply_cache` old; zero reads the store for every reply.
+    pub fn start_with_reply_cache(
+        store: Arc<dyn Store>,
+        cfg: IntakeConfig,
+        reply_cache: Duration,
+    ) -> HeartbeatIntake {
         // Zero would refuse everything or never flush; treat as "one".
         let cfg = IntakeConfig {
             max_batch: cfg.max_batch.max(1),
@@ -165,6 +181,7 @@ impl HeartbeatIntake {
             inner: Arc::new(Inner {
                 store,
                 cfg,
+                replies: ReplyCache::new(reply_cache),
                 tx,
                 permits: Arc::new(Semaphore::new(cfg.queue_capacity)),
                 counters,
@@ -181,6 +198,23 @@ impl HeartbeatIntake {
 
     pub fn config(&self) -> IntakeConfig {
         self.inner.cfg
+    }
+
+    /// How old the replies' shared snapshot may be (zero: no cache).
+    pub fn reply_cache_max_age(&self) -> Duration {
+        self.inner.replies.max_age()
+    }
+
+    /// Drops the replies' shared snapshot, so the next reply reads the
+    /// store: called after this process applied objects.
+    pub fn invalidate_replies(&self) {
+        self.inner.replies.invalidate();
+    }
+
+    /// The replies' shared snapshot (refreshed if stale); `None` when the
+    /// cache is disabled.
+    pub(crate) async fn reply_snapshot(&self) -> Result<Option<Arc<Snapshot>>, StoreError> {
+        self.inner.replies.get(self.inner.store.as_ref()).await
     }
 
     pub fn stats(&self) -> IntakeStats {

@@ -17,6 +17,7 @@
 pub mod apply;
 pub mod client;
 pub mod intake;
+mod reply_cache;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -53,6 +54,7 @@ pub use apply::{
 };
 pub use client::{ApiClient, ClientError};
 pub use intake::{HeartbeatIntake, IntakeConfig, IntakeStats};
+pub use reply_cache::DEFAULT_REPLY_CACHE_MAX_AGE;
 
 /// Largest apply request body.
 pub const MAX_APPLY_BYTES: usize = 16 * 1024 * 1024;
@@ -117,6 +119,11 @@ pub struct ApiConfig {
     pub audit: AuditConfig,
     /// Heartbeat batching (one queue for every intake path).
     pub intake: IntakeConfig,
+    /// How old the fleet-wide data in heartbeat replies (update hints,
+    /// canonical endpoints, the node-identity check's `FabricNode`s) may be:
+    /// one shared snapshot, refreshed when older, dropped when this API
+    /// applies objects. Zero reads the store for every reply.
+    pub reply_cache: Duration,
 }
 
 impl ApiConfig {
@@ -128,6 +135,7 @@ impl ApiConfig {
             anonymous_reads: false,
             audit: AuditConfig::default(),
             intake: IntakeConfig::default(),
+            reply_cache: DEFAULT_REPLY_CACHE_MAX_AGE,
         }
     }
 }
@@ -205,7 +213,8 @@ pub async fn serve(
     cfg: ApiConfig,
     transport: Option<Transport>,
 ) -> Result<ApiHandle, ApiError> {
-    let intake = HeartbeatIntake::start(store.clone(), cfg.intake);
+    let intake =
+        HeartbeatIntake::start_with_reply_cache(store.clone(), cfg.intake, cfg.reply_cache);
     let shared = Arc::new(Shared {
         store,
         intake: intake.clone(),
@@ -477,6 +486,10 @@ async fn apply_handler(
     };
     match apply(st.shared.store.as_ref(), &files, opts).await {
         Ok(r) => {
+            if !r.dry_run {
+                // Heartbeat replies show the new objects at once.
+                st.shared.intake.invalidate_replies();
+            }
             tracing::info!(dry_run = r.dry_run, objects = r.items.len(), "apply");
             Json(r).into_response()
         }
@@ -692,10 +705,22 @@ async fn intake(
             .into());
         }
     }
-    let node_obj = store.get_object(Kind::FabricNode, &hb.node).await?;
-    let node_spec = node_obj
+    // A cached spec is used only when it carries exactly the claimed
+    // `nodeId`; anything else (unknown node, no key, another key) is decided
+    // on a fresh store read, so the cache never accepts what the store would
+    // refuse, except for a key changed within the cache's max age.
+    let snapshot = intake.reply_snapshot().await?;
+    let cached = snapshot
         .as_ref()
-        .and_then(|o| serde_json::from_value::<FabricNodeSpec>(o.spec.clone()).ok());
+        .and_then(|s| s.node_with_id(&hb.node, &hb.node_id))
+        .cloned();
+    let node_spec = match cached {
+        Some(spec) => Some(spec),
+        None => store
+            .get_object(Kind::FabricNode, &hb.node)
+            .await?
+            .and_then(|o| serde_json::from_value::<FabricNodeSpec>(o.spec).ok()),
+    };
     if let Some(expected) = node_spec.as_ref().and_then(|s| s.node_id.clone()) {
         if !expected.eq_ignore_ascii_case(&hb.node_id) {
             return Err(HeartbeatError::NodeIdMismatch {
@@ -726,14 +751,26 @@ async fn intake(
     if let Some(b) = &bridge {
         tracing::info!(node, intent = %b.intent, version = %b.version, "bridge command delivered");
     }
+    // Re-read after the commit: the snapshot may have been refreshed while
+    // this heartbeat waited for its batch.
+    let (update_hints, control_endpoints) = match intake.reply_snapshot().await? {
+        Some(s) => (
+            s.update_hints(&node, node_spec.as_ref()),
+            s.endpoints().iter().map(|e| e.to_string()).collect(),
+        ),
+        None => (
+            update_hints(store.as_ref(), &node, node_spec.as_ref()).await?,
+            canonical_endpoints(store.as_ref())
+                .await?
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect(),
+        ),
+    };
     Ok(HeartbeatReply {
         accepted: true,
-        update_hints: update_hints(store.as_ref(), &node, node_spec.as_ref()).await?,
-        control_endpoints: canonical_endpoints(store.as_ref())
-            .await?
-            .into_iter()
-            .map(|e| e.to_string())
-            .collect(),
+        update_hints,
+        control_endpoints,
         error: None,
         bridge,
     })
