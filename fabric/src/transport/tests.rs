@@ -148,7 +148,12 @@ async fn concurrent_relay_requests_cannot_overshoot_max_tunnels() {
 }
 
 /// Offers `fabric.relay.accept` to `target` from `from`, like a relay would.
-async fn offer(from: &Transport, target: NodeId) -> OfferResponse {
+/// The control stream is returned too: the target tears the tunnel down as
+/// soon as the relay ends it, so a caller checking the tunnel must hold it.
+async fn offer(
+    from: &Transport,
+    target: NodeId,
+) -> (OfferResponse, Framed<crate::channel::Channel>) {
     let entry = from.inner.connection_to(target).await.expect("connect");
     let ch = from
         .inner
@@ -156,7 +161,7 @@ async fn offer(from: &Transport, target: NodeId) -> OfferResponse {
         .await
         .expect("open offer stream");
     let mut ctrl = Framed::with_max_frame(ch, CONTROL_MAX_FRAME);
-    timeout(
+    let answer = timeout(
         STEP,
         ctrl.request::<_, OfferResponse>(&TunnelOffer {
             token: token_to_hex(&new_token()),
@@ -165,7 +170,8 @@ async fn offer(from: &Transport, target: NodeId) -> OfferResponse {
     )
     .await
     .expect("answer in time")
-    .expect("answer")
+    .expect("answer");
+    (answer, ctrl)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,17 +187,15 @@ async fn tunnel_offers_are_taken_only_from_peers_the_address_book_marks_as_relay
     b.set_peer(relay.node_id(), at(addr(&relay), true));
 
     for (who, t) in [("unknown key", &stranger), ("known non-relay", &known)] {
-        match offer(t, b.node_id()).await {
+        match offer(t, b.node_id()).await.0 {
             OfferResponse::Refused { reason } => assert!(reason.contains("relay"), "{reason}"),
             OfferResponse::Accepted => panic!("{who} placed a tunnel on the target"),
         }
     }
     assert_eq!(b.inner.socket.tunnel_count(), 0);
     assert_eq!(b.inner.target_slots.total(), 0);
-    assert!(matches!(
-        offer(&relay, b.node_id()).await,
-        OfferResponse::Accepted
-    ));
+    let (answer, _ctrl) = offer(&relay, b.node_id()).await;
+    assert!(matches!(answer, OfferResponse::Accepted));
     assert_eq!(b.inner.socket.tunnel_count(), 1);
     shutdown(&[&b, &stranger, &known, &relay]).await;
 }
