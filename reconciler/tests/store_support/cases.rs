@@ -666,7 +666,7 @@ pub async fn invalid_names_are_refused(h: &mut Harness) {
 
 // ---- crash safety ---------------------------------------------------------------
 
-const CHILD_ENV: &str = "FABRIC_STORE_CRASH_CHILD";
+pub const CHILD_ENV: &str = "FABRIC_STORE_CRASH_CHILD";
 const OBJECTS_PER_BATCH: usize = 8;
 
 /// Opens the store a child process was pointed at.
@@ -776,6 +776,11 @@ pub async fn killed_writer_leaves_no_half_applied_batch(h: &mut Harness) {
             format!("postgres:{schema}")
         }
     };
+    // The child re-runs this very test in this binary, as the writer.
+    let test_name = match h.backend() {
+        Backend::Embedded => "embedded::killed_writer_leaves_no_half_applied_batch",
+        Backend::Postgres => "postgres::killed_writer_leaves_no_half_applied_batch",
+    };
     let mut committed = 0;
     for round in 0..3 {
         // The embedded file has a single opener: hand it to the child.
@@ -785,7 +790,7 @@ pub async fn killed_writer_leaves_no_half_applied_batch(h: &mut Harness) {
         let reached = tokio::task::spawn_blocking(move || {
             let exe = std::env::current_exe().unwrap();
             let mut child = Command::new(exe)
-                .args(["--exact", "crash_writer_child", "--ignored", "--nocapture"])
+                .args(["--exact", test_name, "--nocapture"])
                 .args(["--test-threads", "1"])
                 .env(CHILD_ENV, &spec)
                 .stdout(Stdio::piped())
