@@ -9,7 +9,7 @@ use fabric::gossip::Envelope;
 use fabric::path::PeerInfo;
 use fabric::topology::{EndpointCandidate, EndpointScope, NodeId, TopologyLabels};
 use fabric_schemas::kinds::{EndpointScopeSpec, FabricNodeSpec, NodeRole, ServiceRecordSpec};
-use fabric_schemas::{Envelope as SignedEnvelope, Kind, Spec};
+use fabric_schemas::{Envelope as SignedEnvelope, Spec};
 
 /// One node as its signed record describes it.
 #[derive(Clone, Debug, PartialEq)]
@@ -187,13 +187,6 @@ impl Directory {
         // A linear scan: directories are fleet-sized (the small-fleet rule)
         // and this runs per event, not per byte.
         self.nodes.values().find(|n| &n.node_id == id)
-    }
-
-    /// Kind counts, for status output.
-    pub fn kind_name(kind: u8) -> &'static str {
-        Kind::from_code(kind)
-            .map(|k| k.as_str())
-            .unwrap_or("unknown")
     }
 }
 

@@ -13,7 +13,7 @@ use fabric::gossip::GossipConfig;
 use fabric::identity::NodeIdentity;
 use fabric::topology::NodeId;
 use fabric::transport::TransportConfig;
-use fabric_schemas::keys::{generate_trust_root, write_atomic, write_private_key, TrustRootPlan};
+use fabric_schemas::keys::{generate_trust_root, write_private_key, TrustRootPlan};
 use fabric_schemas::kinds::{EndpointScopeSpec, EndpointSpec, FabricNodeSpec, NodeRole, Spec};
 use fabric_schemas::manifest::Object;
 use fabric_schemas::time::now_unix;
@@ -109,15 +109,11 @@ impl LocalFleet {
             write_private_key(&trust_dir.join(format!("keys/{}.pem", k.id)), &k.key)
                 .map_err(setup("writing key"))?;
         }
-        let manifest = serde_json::json!({
-            "apiVersion": fabric_schemas::kinds::API_VERSION,
-            "kind": "TrustRoot",
-            "metadata": {"name": "fleet"},
-            "spec": trust_spec,
-        });
-        let yaml = serde_norway::to_string(&manifest).map_err(setup("trust root"))?;
-        write_atomic(&trust_dir.join("trust-root.yaml"), yaml.as_bytes(), 0o644)
-            .map_err(setup("trust root"))?;
+        fabric_schemas::keys::write_trust_root_manifest(
+            &trust_dir.join("trust-root.yaml"),
+            &trust_spec,
+        )
+        .map_err(setup("trust root"))?;
         let trust = TrustAnchor::from_spec(&trust_spec).map_err(setup("trust root"))?;
         let control = keys
             .iter()

@@ -167,3 +167,53 @@ pub fn generate_trust_root(plan: &TrustRootPlan) -> (crate::kinds::TrustRootSpec
     };
     (spec, keys)
 }
+
+/// Why a trust-root manifest file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustFileError {
+    #[error("trust root: {0}")]
+    Manifest(Box<crate::manifest::ManifestError>),
+    #[error("{path} holds no TrustRoot")]
+    NoTrustRoot { path: String },
+    #[error("writing trust root {path}: {reason}")]
+    Write { path: String, reason: String },
+}
+
+/// Writes `spec` as the `TrustRoot` manifest (named `fleet`) nodes are bootstrapped with.
+pub fn write_trust_root_manifest(
+    path: &Path,
+    spec: &crate::kinds::TrustRootSpec,
+) -> Result<(), TrustFileError> {
+    let write_err = |reason: String| TrustFileError::Write {
+        path: path.display().to_string(),
+        reason,
+    };
+    let manifest = serde_json::json!({
+        "apiVersion": crate::kinds::API_VERSION,
+        "kind": "TrustRoot",
+        "metadata": {"name": "fleet"},
+        "spec": spec,
+    });
+    let yaml = serde_norway::to_string(&manifest).map_err(|e| write_err(e.to_string()))?;
+    write_atomic(path, yaml.as_bytes(), 0o644).map_err(|e| write_err(e.to_string()))
+}
+
+/// Reads the first `TrustRoot` of a manifest file, strictly validated.
+pub fn read_trust_root_manifest(
+    path: &Path,
+) -> Result<crate::kinds::TrustRootSpec, TrustFileError> {
+    let report = crate::manifest::load_path(path);
+    if let Some(e) = report.errors.into_iter().next() {
+        return Err(TrustFileError::Manifest(Box::new(e)));
+    }
+    report
+        .objects
+        .into_iter()
+        .find_map(|o| match o.spec {
+            crate::kinds::Spec::TrustRoot(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| TrustFileError::NoTrustRoot {
+            path: path.display().to_string(),
+        })
+}

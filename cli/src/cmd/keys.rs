@@ -2,8 +2,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use fabric_schemas::keys::{generate_trust_root, write_atomic, write_private_key, TrustRootPlan};
-use fabric_schemas::kinds::{Spec, API_VERSION};
+use fabric_schemas::keys::{
+    generate_trust_root, write_atomic, write_private_key, write_trust_root_manifest, TrustRootPlan,
+};
+use fabric_schemas::kinds::Spec;
 use fabric_schemas::time::{now_unix, parse_duration};
 use fabric_schemas::trust::Role;
 use fabric_schemas::{Envelope, Record, Scope};
@@ -86,14 +88,7 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
         let path = key_dir.join(format!("{}.pem", k.id));
         write_private_key(&path, &k.key)?;
     }
-    let manifest = serde_json::json!({
-        "apiVersion": API_VERSION,
-        "kind": "TrustRoot",
-        "metadata": {"name": "fleet"},
-        "spec": spec,
-    });
-    let yaml = serde_norway::to_string(&manifest)?;
-    write_atomic(&trust_file, yaml.as_bytes(), 0o644)?;
+    write_trust_root_manifest(&trust_file, &spec)?;
     let root_signers: Vec<_> = keys
         .iter()
         .filter(|k| k.role == Role::Root)

@@ -1,10 +1,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use fabric_schemas::accept::NothingHeld;
-use fabric_schemas::kinds::Spec;
-use fabric_schemas::manifest::load_path;
 use fabric_schemas::time::now_unix;
 use fabric_schemas::{accept, TrustAnchor};
 
@@ -24,19 +22,8 @@ pub struct Args {
 
 /// Exit 0 when every envelope is accepted, 1 when any is rejected.
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let report = load_path(&a.trust_root);
-    if let Some(e) = report.errors.first() {
-        bail!("{e}");
-    }
-    let spec = report
-        .objects
-        .iter()
-        .find_map(|o| match &o.spec {
-            Spec::TrustRoot(s) => Some(s),
-            _ => None,
-        })
-        .with_context(|| format!("{} holds no TrustRoot", a.trust_root.display()))?;
-    let trust = TrustAnchor::from_spec(spec).context("trust root")?;
+    let spec = fabric_schemas::keys::read_trust_root_manifest(&a.trust_root)?;
+    let trust = TrustAnchor::from_spec(&spec).context("trust root")?;
     let now = now_unix();
     let mut rejected = 0;
     let mut rows = Vec::new();

@@ -4,13 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 use fabric::gossip::GossipConfig;
 use fabric::topology::{NodeId, TopologyLabels};
 use fabric_node_agent::{start, AgentConfig};
-use fabric_schemas::kinds::Spec;
-use fabric_schemas::manifest::load_path;
 use fabric_schemas::TrustAnchor;
 
 /// Join the fabric, keep the signed directory, probe the core services.
@@ -76,18 +74,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let report = load_path(&args.trust_root);
-    if let Some(e) = report.errors.first() {
-        bail!("trust root: {e}");
-    }
-    let spec = report
-        .objects
-        .iter()
-        .find_map(|o| match &o.spec {
-            Spec::TrustRoot(s) => Some(s.clone()),
-            _ => None,
-        })
-        .with_context(|| format!("{} holds no TrustRoot", args.trust_root.display()))?;
+    let spec = fabric_schemas::keys::read_trust_root_manifest(&args.trust_root)?;
     let trust = TrustAnchor::from_spec(&spec).context("trust root")?;
     let mut cfg = AgentConfig::new(&args.name, args.state_dir.clone(), args.listen, trust);
     cfg.labels = TopologyLabels {

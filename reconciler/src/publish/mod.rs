@@ -49,7 +49,6 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use fabric_schemas::accept::NothingHeld;
 use fabric_schemas::kinds::{Kind, Spec};
-use fabric_schemas::manifest::load_path;
 use fabric_schemas::trust::Role;
 use fabric_schemas::{Envelope, Record, Scope, TrustAnchor};
 
@@ -146,18 +145,8 @@ impl Signer {
             reason,
         };
         let trust_file = dir.join("trust-root.yaml");
-        let report = load_path(&trust_file);
-        if let Some(e) = report.errors.first() {
-            return Err(bad(format!("{e}")));
-        }
-        let spec = report
-            .objects
-            .iter()
-            .find_map(|o| match &o.spec {
-                Spec::TrustRoot(t) => Some(t.clone()),
-                _ => None,
-            })
-            .ok_or_else(|| bad(format!("{} holds no TrustRoot", trust_file.display())))?;
+        let spec = fabric_schemas::keys::read_trust_root_manifest(&trust_file)
+            .map_err(|e| bad(e.to_string()))?;
         let trust = TrustAnchor::from_spec(&spec).map_err(|e| bad(format!("trust root: {e}")))?;
         let mut keys = Vec::new();
         let mut ids = spec.roles.control.key_ids.clone();
