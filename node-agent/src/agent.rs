@@ -284,12 +284,14 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         metrics: PeerMetrics::default(),
         resilience: None,
         last_upkeep: BTreeMap::new(),
+        canonical: watch::channel(Vec::new()).0,
     };
     if runner.cfg.control_session {
         spawn_control_session(
             &runner.cfg,
             &transport,
             runner.status.subscribe(),
+            runner.canonical.subscribe(),
             shutdown_rx.clone(),
         );
     }
@@ -313,11 +315,11 @@ fn spawn_control_session(
     cfg: &AgentConfig,
     transport: &Transport,
     status: watch::Receiver<NodeStatus>,
+    canonical: watch::Receiver<Vec<crate::control::ControlEndpoint>>,
     shutdown: watch::Receiver<bool>,
 ) {
     use crate::control::{
-        ControlDriver, HeartbeatExtras, StateDirCanonical, StatusHeartbeat, UpdaterReport,
-        UpdaterSubscription,
+        ControlDriver, HeartbeatExtras, StatusHeartbeat, UpdaterReport, UpdaterSubscription,
     };
     let extras = HeartbeatExtras {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -333,9 +335,9 @@ fn spawn_control_session(
     let driver = ControlDriver::new(
         transport.clone(),
         cfg.state_dir.join("control.json"),
-        Arc::new(StateDirCanonical {
-            state_dir: cfg.state_dir.clone(),
-        }),
+        // The canonical endpoints come from the runner's in-memory directory,
+        // not from re-reading the peer cache on every tick.
+        Arc::new(move || canonical.borrow().clone()),
         Arc::new(StatusHeartbeat {
             status,
             extras: Arc::new(std::sync::Mutex::new(extras)),
@@ -529,6 +531,9 @@ struct Runner {
     resilience: Option<ResilienceReport>,
     /// When each planned peer was last dialled for upkeep.
     last_upkeep: BTreeMap<NodeId, Instant>,
+    /// The control session's canonical endpoints (signed `control-api`
+    /// record, live providers first), kept current every round.
+    canonical: watch::Sender<Vec<crate::control::ControlEndpoint>>,
 }
 
 impl Runner {
@@ -908,6 +913,18 @@ impl Runner {
             resilience: self.resilience.clone(),
             updated_ms: now,
         };
+        let preferred = status
+            .registry
+            .resolved_core_services
+            .get(crate::control::CONTROL_API_SERVICE)
+            .cloned()
+            .unwrap_or_default();
+        self.canonical.send_if_modified(|c| {
+            let next = crate::control::canonical_from_directory(&self.dir, &preferred);
+            let changed = *c != next;
+            *c = next;
+            changed
+        });
         let _ = crate::status::write(&self.cfg.state_dir, &status);
         let _ = self.status.send(status);
     }

@@ -92,20 +92,6 @@ pub fn save(path: &Path, content: &CacheContent) -> Result<(), CacheError> {
     })
 }
 
-/// Reads the cache without side effects (for other readers than the owning
-/// agent): an unusable file is reported as `Fresh` and left where it is.
-pub fn read(path: &Path) -> Loaded {
-    let Ok(bytes) = std::fs::read(path) else {
-        return Loaded::Fresh;
-    };
-    match serde_json::from_slice::<CacheFile>(&bytes) {
-        Ok(f) if f.format == FORMAT && checksum(&f.content).is_ok_and(|s| s == f.sha256) => {
-            Loaded::Restored(f.content)
-        }
-        _ => Loaded::Fresh,
-    }
-}
-
 /// Loads the cache for the owning agent; an unusable file is moved aside.
 pub fn load(path: &Path, now_ms: u64) -> Loaded {
     let bytes = match std::fs::read(path) {

@@ -606,52 +606,6 @@ where
     }
 }
 
-/// Reads canonical endpoints from a running agent's state directory: the
-/// persisted peer cache (the admitted, signed directory) and `status.json`
-/// (the registry's live-first provider order).
-pub struct StateDirCanonical {
-    pub state_dir: PathBuf,
-}
-
-impl CanonicalSource for StateDirCanonical {
-    fn canonical(&self) -> Vec<ControlEndpoint> {
-        let now = now_ms();
-        let crate::cache::Loaded::Restored(content) =
-            crate::cache::read(&crate::cache::path_in(&self.state_dir))
-        else {
-            return Vec::new();
-        };
-        let envelopes: Vec<fabric::gossip::Envelope> = content
-            .records
-            .iter()
-            .filter_map(|h| hex::decode(h).ok())
-            .filter_map(|bytes| {
-                let signed = fabric_schemas::Envelope::decode(&bytes).ok()?;
-                let key = fabric::gossip::RecordKey::new(
-                    signed.record.kind.code(),
-                    signed.record.name.clone(),
-                );
-                Some(fabric::gossip::Envelope::new(
-                    key,
-                    signed.record.generation,
-                    bytes,
-                ))
-            })
-            .collect();
-        let dir = Directory::from_envelopes(&envelopes, (now / 1000) as i64);
-        let preferred = crate::status::read(&self.state_dir)
-            .ok()
-            .and_then(|s| {
-                s.registry
-                    .resolved_core_services
-                    .get(CONTROL_API_SERVICE)
-                    .cloned()
-            })
-            .unwrap_or_default();
-        canonical_from_directory(&dir, &preferred)
-    }
-}
-
 /// Builds the heartbeat for the live endpoint.
 pub trait HeartbeatSource: Send + Sync + 'static {
     fn heartbeat(
