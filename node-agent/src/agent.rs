@@ -285,6 +285,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         resilience: None,
         last_upkeep: BTreeMap::new(),
         canonical: watch::channel(Vec::new()).0,
+        dir_root: None,
     };
     if runner.cfg.control_session {
         spawn_control_session(
@@ -534,6 +535,8 @@ struct Runner {
     /// The control session's canonical endpoints (signed `control-api`
     /// record, live providers first), kept current every round.
     canonical: watch::Sender<Vec<crate::control::ControlEndpoint>>,
+    /// The store's summary root when the directory was last rebuilt.
+    dir_root: Option<u64>,
 }
 
 impl Runner {
@@ -634,7 +637,15 @@ impl Runner {
     }
 
     fn refresh_directory(&mut self) {
-        let dir = Directory::from_envelopes(&self.core.envelopes(), (now_ms() / 1000) as i64);
+        let now = (now_ms() / 1000) as i64;
+        // Decoding every envelope is the expensive part: skip it while the
+        // store's summary root is unchanged and nothing has expired since.
+        let root = self.core.root();
+        if self.dir_root == Some(root) && self.dir.next_expiry.is_none_or(|t| now < t) {
+            return;
+        }
+        self.dir_root = Some(root);
+        let dir = Directory::from_envelopes(&self.core.envelopes(), now);
         if dir == self.dir {
             return;
         }

@@ -88,6 +88,9 @@ pub struct Directory {
     pub services: BTreeMap<String, ServiceEntry>,
     /// Records of every kind, unexpired.
     pub records: usize,
+    /// The soonest `expires_at` among those records: until then, the view
+    /// can only change if the record store does.
+    pub next_expiry: Option<i64>,
     /// Records that clash with another (two service records for one service,
     /// two node records with one key): which one won and why, for status.
     pub conflicts: Vec<String>,
@@ -108,6 +111,7 @@ impl Directory {
             }
             let Ok(spec) = r.spec() else { continue };
             d.records += 1;
+            d.next_expiry = Some(d.next_expiry.map_or(r.expires_at, |t| t.min(r.expires_at)));
             match spec {
                 Spec::FabricNode(n) => {
                     let Some(node_id) = n.node_id.as_deref().and_then(|s| s.parse().ok()) else {
