@@ -52,7 +52,7 @@ async fn stopped_rollout(path: &std::path::Path) {
         store
             .record_heartbeat(
                 &format!("alpha-{i}"),
-                json!({"agent_version": "0.1.0"}),
+                fabric_testkit::heartbeat_json(&format!("alpha-{i}"), "0.1.0", None),
                 T0 * 1000,
             )
             .await
@@ -69,15 +69,15 @@ async fn stopped_rollout(path: &std::path::Path) {
     let leases = store.list_leases(Some(INTENT)).await.unwrap();
     assert_eq!(leases.len(), 2);
     let bad = &leases[0];
-    let body = json!({"agent_version": "0.1.0", "updater": {"subscription": "alive",
-        "supports_hint_wake": true, "update": {"intent": INTENT, "generation": 1,
-        "phase": "node-agent", "lease_id": bad.id, "state": "rolled_back"}}});
+    let mut body = fabric_testkit::heartbeat_json(&bad.node, "0.1.0", None);
+    body["updater"]["update"] = json!({"intent": INTENT, "generation": 1,
+        "phase": "node-agent", "lease_id": bad.id, "state": "rolled_back"});
     for i in 1..=4 {
         let node = format!("alpha-{i}");
         let b = if node == bad.node {
             body.clone()
         } else {
-            json!({"agent_version": "0.1.0"})
+            fabric_testkit::heartbeat_json(&node, "0.1.0", None)
         };
         store
             .record_heartbeat(&node, b, (T0 + 60) * 1000)

@@ -15,7 +15,7 @@ use std::time::Instant;
 use fabric::identity::NodeIdentity;
 use fabric::path::{PathKind, PeerInfo};
 use fabric::tls::{client_crypto, server_crypto, TlsIdentity, SERVER_NAME};
-use fabric::topology::{EndpointCandidate, EndpointScope, NodeId};
+use fabric::topology::NodeId;
 use fabric::transport::{Transport, TransportConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -34,14 +34,8 @@ fn config(relay: bool) -> TransportConfig {
 
 fn public(addr: SocketAddr, is_relay: bool) -> PeerInfo {
     PeerInfo {
-        candidates: vec![EndpointCandidate {
-            addr,
-            scope: EndpointScope::Public,
-            locality_group: None,
-            nat_group: None,
-        }],
         is_relay,
-        ..Default::default()
+        ..PeerInfo::public(addr)
     }
 }
 

@@ -40,17 +40,7 @@ pub enum EdgeRole {
     CompatOverlap,
 }
 
-/// The role as the inventory reports it: a declared role, or `unclassified` for a
-/// listening socket found in the process that nobody registered (a bug).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReportedRole {
-    ServiceIngress,
-    ControlApiIngress,
-    ArtifactEdge,
-    CompatOverlap,
-    Unclassified,
-}
+pub use fabric_proto::edge::{EdgeEntry, EdgeTarget, ReportedRole};
 
 impl From<EdgeRole> for ReportedRole {
     fn from(r: EdgeRole) -> Self {
@@ -61,32 +51,6 @@ impl From<EdgeRole> for ReportedRole {
             EdgeRole::CompatOverlap => ReportedRole::CompatOverlap,
         }
     }
-}
-
-/// Where an edge's traffic goes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum EdgeTarget {
-    /// A fabric service on a node (ingress).
-    FabricService { node: NodeId, service: String },
-    /// Served in this process, e.g. "control-api".
-    Local { handler: String },
-    /// Not known (only for unclassified anomalies).
-    Unknown,
-}
-
-/// One line of the inventory.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EdgeEntry {
-    pub id: u64,
-    pub role: ReportedRole,
-    pub bind: SocketAddr,
-    pub target: EdgeTarget,
-    /// RFC 3339 UTC time the listener was opened (or found, for anomalies).
-    pub opened_at: String,
-    /// Set when the entry is a problem the audit must report.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub anomaly: Option<String>,
 }
 
 /// Why an edge listener could not be opened or audited.

@@ -40,6 +40,22 @@ pub struct PeerInfo {
     pub is_relay: bool,
 }
 
+impl PeerInfo {
+    /// A peer known only by one public address (a bootstrap peer, a test
+    /// peer): no labels, no relay role.
+    pub fn public(addr: std::net::SocketAddr) -> PeerInfo {
+        PeerInfo {
+            candidates: vec![EndpointCandidate {
+                addr,
+                scope: crate::topology::EndpointScope::Public,
+                locality_group: None,
+                nat_group: None,
+            }],
+            ..PeerInfo::default()
+        }
+    }
+}
+
 /// What one direct dial (a path attempt or an explicit probe) of an endpoint
 /// candidate found. Reported to the ranker so rankers that learn from the
 /// runtime (the peer planner) can reorder the next attempts.

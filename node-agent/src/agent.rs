@@ -20,8 +20,9 @@ use fabric::peer_select::{
     self, LocalNode, PeerCandidate, PeerMetrics, PeerRoles, PlannerConfig, PlannerRanker,
     ResilienceReport, ResilienceTarget,
 };
-use fabric::topology::{EndpointCandidate, EndpointScope, NodeId, TopologyLabels};
+use fabric::topology::{NodeId, TopologyLabels};
 use fabric::transport::{Transport, TransportConfig};
+use fabric_runtime::QueueHandle;
 use fabric_schemas::kinds::CORE_SERVICES;
 use fabric_schemas::{Envelope as SignedEnvelope, TrustAnchor};
 use tokio::io::AsyncWriteExt;
@@ -33,9 +34,10 @@ use crate::directory::Directory;
 use crate::registry::{self, ProbeResult, ProbeState, RegistryReport};
 use crate::status::NodeStatus;
 
+/// The fabric service gossip messages travel on.
 pub const GOSSIP_SERVICE: &str = "gossip";
-pub const PROBE_SERVICE: &str = "probe";
-const PROBE_MAX_FRAME: usize = 1024;
+pub use crate::loops::PROBE_SERVICE;
+use crate::loops::{ProbeLoop, RedialLoop, PROBE_MAX_FRAME};
 
 /// Everything a node-agent needs to start.
 #[derive(Clone, Debug)]
@@ -62,6 +64,10 @@ pub struct AgentConfig {
     /// the signed directory, update hints back).
     pub control_session: bool,
     pub heartbeat_interval: Duration,
+    /// The in-process link to this node's own Control API, for a node
+    /// co-located with the control plane (filled by the composition root once
+    /// the API is up); empty elsewhere.
+    pub local_control: crate::control::LocalControlSlot,
 }
 
 impl AgentConfig {
@@ -80,6 +86,7 @@ impl AgentConfig {
             transport: None,
             control_session: true,
             heartbeat_interval: Duration::from_secs(5),
+            local_control: crate::control::LocalControlSlot::new(),
         }
     }
 }
@@ -249,6 +256,30 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
     spawn_gossip_listener(&transport, &members, events_tx.clone(), shutdown_rx.clone())?;
     spawn_probe_responder(&transport, &members, cfg.name.clone(), shutdown_rx.clone())?;
 
+    // The probe and redial loops run on the shared runtime, keyed per
+    // target, with backoff; the runner only tells them what is wanted.
+    let (probe_targets, targets_rx) = watch::channel(BTreeMap::new());
+    let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(256);
+    let probe_queue = ProbeLoop::spawn(
+        transport.clone(),
+        targets_rx,
+        probe_tx,
+        cfg.probe_interval,
+        shutdown_rx.clone(),
+    );
+    {
+        let events = events_tx.clone();
+        tokio::spawn(async move {
+            while let Some(p) = probe_rx.recv().await {
+                if events.send(Event::Probe(p)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let (planned, planned_rx) = watch::channel(std::collections::BTreeSet::new());
+    let redial_queue = RedialLoop::spawn(transport.clone(), planned_rx, shutdown_rx.clone());
+
     let runner = Runner {
         cfg,
         node_id,
@@ -278,14 +309,17 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         events: events_tx.clone(),
         status: status_tx,
         edges: EdgeInventory::new(),
-        last_probe_round: BTreeMap::new(),
+        probe_targets,
+        probe_queue,
         ranker,
         members,
         metrics: PeerMetrics::default(),
         resilience: None,
-        last_upkeep: BTreeMap::new(),
+        planned,
+        redial_queue,
         canonical: watch::channel(Vec::new()).0,
         dir_root: None,
+        leases: Vec::new(),
     };
     if runner.cfg.control_session {
         spawn_control_session(
@@ -316,12 +350,11 @@ fn spawn_control_session(
     cfg: &AgentConfig,
     transport: &Transport,
     status: watch::Receiver<NodeStatus>,
-    canonical: watch::Receiver<Vec<crate::control::ControlEndpoint>>,
+    canonical: watch::Receiver<Vec<fabric_proto::endpoint::ControlEndpoint>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    use crate::control::{
-        ControlDriver, HeartbeatExtras, StatusHeartbeat, UpdaterReport, UpdaterSubscription,
-    };
+    use crate::control::{ControlDriver, HeartbeatExtras, StatusHeartbeat};
+    use fabric_proto::heartbeat::{UpdaterReport, UpdaterSubscription};
     let extras = HeartbeatExtras {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         host_agent_version: None,
@@ -343,7 +376,8 @@ fn spawn_control_session(
             status,
             extras: Arc::new(std::sync::Mutex::new(extras)),
         }),
-    );
+    )
+    .with_local_control(cfg.local_control.clone());
     let mut state = driver.state();
     let trigger = cfg.state_dir.join("update-trigger.json");
     let name = cfg.name.clone();
@@ -525,18 +559,24 @@ struct Runner {
     events: mpsc::Sender<Event>,
     status: watch::Sender<NodeStatus>,
     edges: EdgeInventory,
-    last_probe_round: BTreeMap<String, Instant>,
+    /// Core-service providers to probe (name -> key), read by the probe loop.
+    probe_targets: watch::Sender<BTreeMap<String, NodeId>>,
+    probe_queue: QueueHandle<String>,
     ranker: Arc<PlannerRanker>,
     members: Members,
     metrics: PeerMetrics,
     resilience: Option<ResilienceReport>,
-    /// When each planned peer was last dialled for upkeep.
-    last_upkeep: BTreeMap<NodeId, Instant>,
+    /// The planned peer set, read by the redial loop.
+    planned: watch::Sender<std::collections::BTreeSet<NodeId>>,
+    redial_queue: QueueHandle<NodeId>,
     /// The control session's canonical endpoints (signed `control-api`
     /// record, live providers first), kept current every round.
-    canonical: watch::Sender<Vec<crate::control::ControlEndpoint>>,
+    canonical: watch::Sender<Vec<fabric_proto::endpoint::ControlEndpoint>>,
     /// The store's summary root when the directory was last rebuilt.
     dir_root: Option<u64>,
+    /// The node's admission check of every lease it holds, redone whenever
+    /// the directory is rebuilt.
+    leases: Vec<crate::leases::LeaseCheck>,
 }
 
 impl Runner {
@@ -647,6 +687,8 @@ impl Runner {
         self.dir_root = Some(root);
         let dir = Directory::from_envelopes(&self.core.envelopes(), now);
         if dir == self.dir {
+            // A renewed lease can leave the view as it was.
+            self.check_leases(now);
             return;
         }
         for n in dir.nodes.values() {
@@ -666,6 +708,30 @@ impl Runner {
                 .chain(self.cfg.bootstrap.iter().map(|(id, _)| *id)),
         );
         self.dir = dir;
+        self.check_leases(now);
+    }
+
+    /// Runs lease admission on every lease this node holds; a change in the
+    /// outcome is logged once.
+    fn check_leases(&mut self, now: i64) {
+        let checks = crate::leases::check_held_leases(
+            &self.cfg.name,
+            self.core.admission().trust(),
+            &self.core.envelopes(),
+            &self.dir,
+            now,
+        );
+        for c in &checks {
+            if self.leases.contains(c) {
+                continue;
+            }
+            if c.admitted {
+                tracing::info!(node = %self.cfg.name, lease_id = %c.lease_id, intent = %c.intent, generation = c.intent_generation, phase = %c.phase, "lease admitted by the node's own check");
+            } else {
+                tracing::warn!(node = %self.cfg.name, lease_id = %c.lease_id, intent = %c.intent, generation = c.intent_generation, phase = %c.phase, reason = ?c.reason, detail = ?c.detail, "lease refused by the node's own check");
+            }
+        }
+        self.leases = checks;
     }
 
     fn gossip_peers(&mut self) -> Vec<NodeId> {
@@ -713,77 +779,29 @@ impl Runner {
         }
     }
 
+    /// Tells the probe loop which providers to probe; a provider new to it
+    /// is enqueued once (the loop requeues or backs off on its own).
     fn probe_core_services(&mut self) {
-        let mut targets = Vec::new();
+        let mut targets = BTreeMap::new();
         for s in CORE_SERVICES {
             if let Some(entry) = self.dir.services.get(s) {
                 for p in &entry.spec.providers {
-                    if !targets.contains(p) {
-                        targets.push(p.clone());
+                    if let Some(node) = self.dir.nodes.get(p) {
+                        targets.insert(p.clone(), node.node_id);
                     }
                 }
             }
         }
-        for target in targets {
-            let due = self
-                .last_probe_round
-                .get(&target)
-                .is_none_or(|t| t.elapsed() >= self.cfg.probe_interval);
-            if !due {
-                continue;
-            }
-            let Some(node) = self.dir.nodes.get(&target) else {
-                continue;
-            };
-            self.last_probe_round.insert(target.clone(), Instant::now());
-            if node.node_id == self.node_id {
-                // We are the provider; answering ourselves is the live proof.
-                let _ = self.events.try_send(Event::Probe(ProbeResult {
-                    target,
-                    at_ms: now_ms(),
-                    ok: true,
-                    rtt_ms: Some(0),
-                    error: None,
-                }));
-                continue;
-            }
-            let id = node.node_id;
-            let transport = self.transport.clone();
-            let events = self.events.clone();
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let fut = async {
-                    let mut ch = transport
-                        .open(id, PROBE_SERVICE)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    write_frame(&mut ch, b"ping", PROBE_MAX_FRAME)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let answer = read_frame(&mut ch, PROBE_MAX_FRAME)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if answer != target.as_bytes() {
-                        return Err(format!(
-                            "answered as {:?}, expected {target:?}",
-                            String::from_utf8_lossy(&answer)
-                        ));
-                    }
-                    Ok(())
-                };
-                let r = tokio::time::timeout(Duration::from_secs(5), fut)
-                    .await
-                    .unwrap_or_else(|_| Err("timed out".into()));
-                let result = ProbeResult {
-                    target: target.clone(),
-                    at_ms: now_ms(),
-                    ok: r.is_ok(),
-                    rtt_ms: r.is_ok().then(|| started.elapsed().as_millis() as u64),
-                    error: r.err(),
-                };
-                let _ = events.send(Event::Probe(result)).await;
-            });
+        let known = self.probe_targets.borrow().clone();
+        if known == targets {
+            return;
         }
+        for name in targets.keys() {
+            if !known.contains_key(name) {
+                self.probe_queue.enqueue(name.clone());
+            }
+        }
+        self.probe_targets.send_replace(targets);
     }
 
     /// Feeds the planner what the transport has ready, computes the seed's P3
@@ -860,26 +878,23 @@ impl Runner {
             };
             Some(peer_select::evaluate(&target, &self.metrics))
         });
-        // Keep the planned peer set connected: dial what is planned but not up,
-        // at most every few seconds per peer.
-        for id in plan.direct_peers().into_iter().chain(plan.relay_peers()) {
-            if self.transport.path_to(id).is_some() {
-                continue;
-            }
-            let due = self
-                .last_upkeep
-                .get(&id)
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
-            if due {
-                self.last_upkeep.insert(id, Instant::now());
-                let transport = self.transport.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = transport.connect(id).await {
-                        tracing::debug!(peer = %id.short(), error = %e, "planned peer not reachable");
-                    }
-                });
+        // Keep the planned peer set connected: the redial loop dials what is
+        // planned but not up, backing off per peer.
+        let planned: std::collections::BTreeSet<NodeId> = plan
+            .direct_peers()
+            .into_iter()
+            .chain(plan.relay_peers())
+            .collect();
+        for id in &planned {
+            if self.transport.path_to(*id).is_none() {
+                self.redial_queue.enqueue(*id);
             }
         }
+        self.planned.send_if_modified(|p| {
+            let changed = *p != planned;
+            *p = planned;
+            changed
+        });
     }
 
     fn registry(&self, now: u64) -> RegistryReport {
@@ -922,12 +937,13 @@ impl Runner {
             peer_metrics: self.metrics,
             refused_channels: self.members.refused(),
             resilience: self.resilience.clone(),
+            leases: self.leases.clone(),
             updated_ms: now,
         };
         let preferred = status
             .registry
             .resolved_core_services
-            .get(crate::control::CONTROL_API_SERVICE)
+            .get(fabric_proto::endpoint::CONTROL_API_SERVICE)
             .cloned()
             .unwrap_or_default();
         self.canonical.send_if_modified(|c| {
@@ -966,14 +982,5 @@ impl Runner {
 }
 
 fn bootstrap_info(addr: SocketAddr) -> PeerInfo {
-    PeerInfo {
-        candidates: vec![EndpointCandidate {
-            addr,
-            scope: EndpointScope::Public,
-            locality_group: None,
-            nat_group: None,
-        }],
-        labels: TopologyLabels::default(),
-        is_relay: false,
-    }
+    PeerInfo::public(addr)
 }

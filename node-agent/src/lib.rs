@@ -9,18 +9,20 @@
 //! - [`agent`]: the runtime ([`agent::start`]).
 //! - [`admission`]: gossip admission backed by `fabric_schemas::accept`.
 //! - [`directory`]: the fleet view derived from admitted records.
+//! - [`leases`]: the node's own admission check of the leases it holds.
+//! - [`loops`]: the probe and redial loops on the shared runtime.
 //! - [`registry`]: registry runtime status and `resolve(service)` (pure).
 //! - [`cache`]: the persisted peer cache.
 //! - [`status`]: the node's status report.
 //! - [`control`]: the control session (heartbeats, hints, endpoint convergence).
-//! - [`fleet`]: a whole fleet on loopback (`fabricctl up`, tests).
 
 pub mod admission;
 pub mod agent;
 pub mod cache;
 pub mod control;
 pub mod directory;
-pub mod fleet;
+pub mod leases;
+pub mod loops;
 pub mod registry;
 pub mod status;
 

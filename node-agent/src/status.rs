@@ -48,6 +48,9 @@ pub struct NodeStatus {
     pub refused_channels: u64,
     /// For a critical node with a resilience target: which targets are unmet.
     pub resilience: Option<ResilienceReport>,
+    /// The node's own admission check of every lease it holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<crate::leases::LeaseCheck>,
     pub updated_ms: u64,
 }
 
@@ -86,6 +89,7 @@ impl NodeStatus {
             peer_metrics: PeerMetrics::default(),
             refused_channels: 0,
             resilience: None,
+            leases: Vec::new(),
             updated_ms: 0,
         }
     }

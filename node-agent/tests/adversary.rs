@@ -8,9 +8,9 @@ use fabric::frame::write_frame;
 use fabric::gossip::{self, wire, RecordKey};
 use fabric::identity::NodeIdentity;
 use fabric::path::PeerInfo;
-use fabric::topology::{EndpointCandidate, EndpointScope, NodeId};
+use fabric::topology::NodeId;
 use fabric::transport::{Transport, TransportConfig};
-use fabric_node_agent::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
+use fabric_compose::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
 use fabric_node_agent::registry::RegistryStatus;
 use fabric_schemas::kinds::{ServiceRecordSpec, Spec};
 use fabric_schemas::time::now_unix;
@@ -149,18 +149,7 @@ async fn flood_of_forged_expired_and_rolled_back_records_is_refused_everywhere_a
         })
         .collect();
     for (_, id, addr) in &targets {
-        rogue.set_peer(
-            *id,
-            PeerInfo {
-                candidates: vec![EndpointCandidate {
-                    addr: *addr,
-                    scope: EndpointScope::Public,
-                    locality_group: None,
-                    nat_group: None,
-                }],
-                ..PeerInfo::default()
-            },
-        );
+        rogue.set_peer(*id, PeerInfo::public(*addr));
     }
     let flood_started = Instant::now();
     let mut sent = 0u64;
@@ -278,18 +267,7 @@ async fn a_key_outside_the_directory_is_turned_away_before_any_work() {
     .await
     .expect("binds");
     let target = &fleet.members[1];
-    stranger.set_peer(
-        target.node_id,
-        PeerInfo {
-            candidates: vec![EndpointCandidate {
-                addr: target.addr,
-                scope: EndpointScope::Public,
-                locality_group: None,
-                nat_group: None,
-            }],
-            ..PeerInfo::default()
-        },
-    );
+    stranger.set_peer(target.node_id, PeerInfo::public(target.addr));
     let now = now_unix();
     let spec = Spec::ServiceRecord(ServiceRecordSpec {
         service: "x".into(),

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use fabric_node_agent::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
+use fabric_compose::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
 use fabric_node_agent::registry::RegistryStatus;
 use fabric_node_agent::status::NodeStatus;
 use fabric_schemas::kinds::{ServiceRecordSpec, Spec};

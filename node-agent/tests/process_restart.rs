@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fabric::identity::NodeIdentity;
-use fabric_node_agent::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
+use fabric_compose::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
 use fabric_node_agent::registry::RegistryStatus;
 use fabric_node_agent::status::{self, NodeStatus};
 use fabric_schemas::kinds::{EndpointScopeSpec, EndpointSpec, FabricNodeSpec, Spec};

@@ -16,10 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fabric::edge::EdgeInventory;
-use fabric_node_agent::control::{
-    DirectoryReport, HeartbeatBody, IntakePath, PeerMetrics, RegistryRuntimeReport, UpdaterReport,
-    UpdaterSubscription, QUIC_UDP,
-};
+use fabric_proto::heartbeat::{HeartbeatBody, IntakePath};
 use fabric_reconciler::api::{self, ApiClient, ApiConfig, HeartbeatIntake, IntakeConfig, Token};
 use fabric_reconciler::store::{
     EmbeddedStore, Op, PostgresConfig, PostgresStore, PutObject, Store, PG_URL_ENV,
@@ -39,31 +36,11 @@ fn node_id(n: usize) -> String {
 }
 
 fn beat(n: usize, seq: u64) -> HeartbeatBody {
-    HeartbeatBody {
-        node: node_name(n),
-        node_id: node_id(n),
-        agent_version: "0.2.325-updatehintwake".into(),
-        host_agent_version: Some("0.2.325".into()),
-        fabric_control_endpoint: None,
-        control_recovery_endpoints: Vec::new(),
-        inter_node_transport: QUIC_UDP.into(),
-        fabric_registry_runtime_report: RegistryRuntimeReport {
-            status: "active".into(),
-            ..Default::default()
-        },
-        directory: DirectoryReport::default(),
-        peer_metrics: PeerMetrics::default(),
-        updater: UpdaterReport {
-            subscription: UpdaterSubscription::Alive,
-            supports_hint_wake: true,
-            status_at_ms: None,
-            update: None,
-        },
-        edge_listeners: Vec::new(),
-        sent_at_ms: seq,
-        lease_support: None,
-        received_via: None,
-    }
+    let mut hb = fabric_testkit::heartbeat(&node_name(n), &node_id(n));
+    hb.agent_version = "0.2.325-updatehintwake".into();
+    hb.host_agent_version = Some("0.2.325".into());
+    hb.sent_at_ms = seq;
+    hb
 }
 
 fn die(what: &str, e: impl std::fmt::Display) -> ! {

@@ -21,9 +21,9 @@ use tokio::time::Instant;
 use crate::orchestrator::{Orchestrator, TickReport};
 use crate::publish::{PublishConfig, PublishCtx, PublishedRecord, Publisher, RecordSink, Signer};
 use crate::rollout::RolloutPhase;
-use crate::runtime::{Controller, ControllerConfig};
 use crate::source::{GitOpsConfig, GitOpsSource, SourceError, SourceStatus};
 use crate::store::{Leadership, Store};
+use fabric_runtime::{Controller, ControllerConfig};
 
 /// The election every replica of one control plane joins.
 pub const ELECTION: &str = "fabric-reconciler";

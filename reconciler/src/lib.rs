@@ -7,16 +7,12 @@
 
 pub mod api;
 pub mod audit;
-pub mod heartbeat;
 pub mod orchestrator;
 pub mod rollout;
 
 pub mod store;
 
-pub mod runtime;
-
 pub mod source;
 
 pub mod controller;
 pub mod publish;
-pub mod replica;

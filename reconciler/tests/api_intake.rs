@@ -8,10 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fabric::edge::EdgeInventory;
-use fabric_node_agent::control::{
-    DirectoryReport, HeartbeatBody, IntakePath, PeerMetrics, RegistryRuntimeReport, UpdaterReport,
-    UpdaterSubscription, QUIC_UDP,
-};
+use fabric_proto::heartbeat::{HeartbeatBody, IntakePath};
 use fabric_reconciler::api::{
     self, ApiClient, ApiConfig, HeartbeatIntake, IntakeConfig, IntakeError, Token,
 };
@@ -23,31 +20,7 @@ const TOKEN: &str = "operator-token-0123456789";
 /// A heartbeat of node `n`; `seq` goes into `sent_at_ms` so the test can tell
 /// which body was stored.
 fn beat(n: usize, seq: i64) -> HeartbeatBody {
-    HeartbeatBody {
-        node: format!("node-{n:04}"),
-        node_id: format!("{n:064x}"),
-        agent_version: "0.3.0".into(),
-        host_agent_version: None,
-        fabric_control_endpoint: None,
-        control_recovery_endpoints: Vec::new(),
-        inter_node_transport: QUIC_UDP.into(),
-        fabric_registry_runtime_report: RegistryRuntimeReport {
-            status: "active".into(),
-            ..Default::default()
-        },
-        directory: DirectoryReport::default(),
-        peer_metrics: PeerMetrics::default(),
-        updater: UpdaterReport {
-            subscription: UpdaterSubscription::Alive,
-            supports_hint_wake: true,
-            status_at_ms: None,
-            update: None,
-        },
-        edge_listeners: Vec::new(),
-        sent_at_ms: seq as u64,
-        lease_support: None,
-        received_via: None,
-    }
+    fabric_testkit::numbered_heartbeat(n, seq as u64)
 }
 
 async fn open_store(dir: &tempfile::TempDir) -> Arc<dyn Store> {

@@ -4,11 +4,10 @@
 use std::net::SocketAddr;
 
 use fabric::edge::{EdgeEntry, EdgeTarget, ReportedRole};
-use fabric_reconciler::audit::{compute, AuditConfig, AuditInput, AuditReport, ListenerClass};
-use fabric_reconciler::heartbeat::{
-    DirectoryReport, HeartbeatBody, IntakePath, PeerMetrics, RegistryRuntimeReport, UpdaterReport,
-    UpdaterSubscription, QUIC_UDP,
+use fabric_proto::heartbeat::{
+    DirectoryReport, HeartbeatBody, IntakePath, PeerMetrics, UpdaterSubscription,
 };
+use fabric_reconciler::audit::{compute, AuditConfig, AuditInput, AuditReport, ListenerClass};
 use fabric_reconciler::store::{StoredHeartbeat, StoredObject};
 use fabric_schemas::kinds::Kind;
 use fabric_schemas::manifest::Metadata;
@@ -21,42 +20,26 @@ const COMPAT_EP: &str = "http://vpn.example:19191/api/v1";
 
 /// A healthy, converged node's heartbeat.
 fn good(node: &str) -> HeartbeatBody {
-    HeartbeatBody {
-        node: node.into(),
-        node_id: "02".repeat(32),
-        agent_version: "0.3.0".into(),
-        host_agent_version: None,
-        fabric_control_endpoint: Some(FABRIC_EP.into()),
-        control_recovery_endpoints: vec![FABRIC_EP.into()],
-        inter_node_transport: QUIC_UDP.into(),
-        fabric_registry_runtime_report: RegistryRuntimeReport {
-            status: "active".into(),
-            ..Default::default()
-        },
-        directory: DirectoryReport {
-            records: 5,
-            nodes: 2,
-            services: 3,
-            peer_cache: "restored 5 records".into(),
-        },
-        peer_metrics: PeerMetrics {
-            direct_ready_count: 3,
-            relay_ready_count: 1,
-            external_area_ready_count: 2,
-            independent_ingress_ready_count: 2,
-            recovery_path_count: 1,
-        },
-        updater: UpdaterReport {
-            subscription: UpdaterSubscription::Alive,
-            supports_hint_wake: true,
-            status_at_ms: Some(NOW as u64),
-            update: None,
-        },
-        edge_listeners: Vec::new(),
-        sent_at_ms: NOW as u64,
-        lease_support: None,
-        received_via: Some(IntakePath::Fabric),
-    }
+    let mut hb = fabric_testkit::heartbeat(node, &"02".repeat(32));
+    hb.fabric_control_endpoint = Some(FABRIC_EP.into());
+    hb.control_recovery_endpoints = vec![FABRIC_EP.into()];
+    hb.directory = DirectoryReport {
+        records: 5,
+        nodes: 2,
+        services: 3,
+        peer_cache: "restored 5 records".into(),
+    };
+    hb.peer_metrics = PeerMetrics {
+        direct_ready_count: 3,
+        relay_ready_count: 1,
+        external_area_ready_count: 2,
+        independent_ingress_ready_count: 2,
+        recovery_path_count: 1,
+    };
+    hb.updater.status_at_ms = Some(NOW as u64);
+    hb.sent_at_ms = NOW as u64;
+    hb.received_via = Some(IntakePath::Fabric);
+    hb
 }
 
 fn stored(body: &HeartbeatBody, age_ms: i64) -> StoredHeartbeat {

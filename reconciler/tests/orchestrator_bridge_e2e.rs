@@ -14,11 +14,8 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use fabric::edge::EdgeInventory;
+use fabric_proto::heartbeat::{BridgeCommand, HeartbeatBody, HeartbeatReply, HeartbeatUpdate};
 use fabric_reconciler::api::{self, ApiClient, ApiConfig, CompatConfig, Token};
-use fabric_reconciler::heartbeat::{
-    BridgeCommand, DirectoryReport, HeartbeatBody, HeartbeatReply, HeartbeatUpdate, PeerMetrics,
-    RegistryRuntimeReport, UpdaterReport, UpdaterSubscription,
-};
 use fabric_reconciler::orchestrator::{
     control, Orchestrator, OrchestratorConfig, OrchestratorKeys, RolloutDoc, TickReport,
 };
@@ -81,31 +78,14 @@ impl SimNode {
     }
 
     fn body(&self) -> HeartbeatBody {
-        HeartbeatBody {
-            node: self.name.into(),
-            node_id: self.node_id.clone(),
-            agent_version: self.version.clone(),
-            host_agent_version: None,
-            fabric_control_endpoint: Some("http://compat.example:19191/api/v1".into()),
-            control_recovery_endpoints: Vec::new(),
-            inter_node_transport: String::new(),
-            fabric_registry_runtime_report: RegistryRuntimeReport {
-                status: "missing".into(),
-                ..Default::default()
-            },
-            directory: DirectoryReport::default(),
-            peer_metrics: PeerMetrics::default(),
-            updater: UpdaterReport {
-                subscription: UpdaterSubscription::Alive,
-                supports_hint_wake: false,
-                status_at_ms: None,
-                update: self.update.clone(),
-            },
-            edge_listeners: Vec::new(),
-            sent_at_ms: 0,
-            lease_support: self.legacy.then_some(false),
-            received_via: None,
-        }
+        // A legacy agent: on the compat contract, registry missing, no hint wake.
+        let mut hb = HeartbeatBody::new(self.name, &self.node_id, &self.version);
+        hb.fabric_control_endpoint = Some("http://compat.example:19191/api/v1".into());
+        hb.inter_node_transport = String::new();
+        hb.updater.subscription = fabric_proto::heartbeat::UpdaterSubscription::Alive;
+        hb.updater.update = self.update.clone();
+        hb.lease_support = self.legacy.then_some(false);
+        hb
     }
 
     /// What the legacy updater does with a command (only on legacy nodes:

@@ -523,7 +523,7 @@ async fn bridge_drives_one_compat_node_at_a_time_and_holds_on_failure() {
                 let v = if on_new.contains(n) { NEW } else { OLD };
                 let mut body = hb_compat(v);
                 if failed == Some(n) {
-                    body["update"] = json!({"intent": INTENT, "generation": 1,
+                    body["updater"]["update"] = json!({"intent": INTENT, "generation": 1,
                         "phase": "node-agent", "state": "rolled_back"});
                 }
                 w.heartbeat(n, body, now).await;
@@ -606,12 +606,7 @@ async fn bridge_holds_a_compat_node_that_is_a_sole_core_provider() {
     for n in ["alpha-1", "alpha-2"] {
         w.heartbeat(n, hb(OLD), T0).await;
     }
-    w.heartbeat(
-        "core-1",
-        json!({"compat": true, "versions": {"nodeAgent": OLD}}),
-        T0,
-    )
-    .await;
+    w.heartbeat("core-1", hb_compat(OLD), T0).await;
     let r = w
         .orchestrator(false, cfg())
         .tick(w.store(), T0)

@@ -15,6 +15,7 @@ pub mod crd;
 pub mod envelope;
 pub mod keys;
 pub mod kinds;
+pub mod lease;
 pub mod manifest;
 pub mod scope;
 pub mod time;

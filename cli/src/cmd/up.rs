@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use fabric::edge::EdgeInventory;
-use fabric_node_agent::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
+use fabric_compose::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
 use fabric_node_agent::registry::RegistryStatus;
 use fabric_node_agent::status::NodeStatus;
 use fabric_reconciler::api::{self, ApiConfig, ApiHandle, Token};

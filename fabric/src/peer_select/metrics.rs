@@ -26,15 +26,9 @@ use super::labels::{outside_area, IngressKey};
 use super::plan::{Directory, PlanError};
 use crate::topology::NodeId;
 
-/// The five metrics of the seed's P3, with the seed's names.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct PeerMetrics {
-    pub direct_ready_count: u32,
-    pub relay_ready_count: u32,
-    pub external_area_ready_count: u32,
-    pub independent_ingress_ready_count: u32,
-    pub recovery_path_count: u32,
-}
+/// The five metrics of the seed's P3, with the seed's names; the type is the
+/// wire contract's, so status, heartbeat and planner share one definition.
+pub use fabric_proto::heartbeat::PeerMetrics;
 
 /// Which paths to one peer are ready now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

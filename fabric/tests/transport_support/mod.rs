@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fabric::identity::NodeIdentity;
 use fabric::path::PeerInfo;
-use fabric::topology::{EndpointCandidate, EndpointScope, NodeId};
+use fabric::topology::NodeId;
 use fabric::transport::{Transport, TransportConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -61,15 +61,7 @@ pub async fn node(relay: bool) -> Node {
 }
 
 pub fn public(addr: SocketAddr) -> PeerInfo {
-    PeerInfo {
-        candidates: vec![EndpointCandidate {
-            addr,
-            scope: EndpointScope::Public,
-            locality_group: None,
-            nat_group: None,
-        }],
-        ..Default::default()
-    }
+    PeerInfo::public(addr)
 }
 
 pub fn relay_at(addr: SocketAddr) -> PeerInfo {

@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::apply::{ApplyBundle, ApplyOptions, ApplyResult, ManifestFile, BUNDLE_CONTENT_TYPE};
 use crate::audit::AuditReport;
-use crate::heartbeat::{HeartbeatBody, HeartbeatReply};
 use crate::store::StoredObject;
+use fabric_proto::heartbeat::{HeartbeatBody, HeartbeatReply};
 
 /// A manifest error as the server reports it: the same type `validate` prints.
 pub type RemoteManifestError = fabric_schemas::manifest::ManifestError;

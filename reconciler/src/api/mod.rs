@@ -42,11 +42,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::audit::{self, AuditConfig, AuditInput, AuditReport};
-use crate::heartbeat::{
-    ControlEndpoint, ControlRequest, HeartbeatBody, HeartbeatError, HeartbeatReply, IntakePath,
-    CONTROL_API_SERVICE, CONTROL_SERVICE, MAX_HEARTBEAT_BYTES,
-};
 use crate::store::{now_millis, Store, StoreError};
+use fabric_proto::endpoint::{ControlEndpoint, CONTROL_SERVICE};
+use fabric_proto::heartbeat::{
+    ControlRequest, HeartbeatBody, HeartbeatError, HeartbeatReply, IntakePath, MAX_HEARTBEAT_BYTES,
+};
 
 pub use apply::{
     apply, parse_kind, ApplyAction, ApplyBundle, ApplyError, ApplyItem, ApplyOptions, ApplyResult,
@@ -773,60 +773,70 @@ async fn intake(
         control_endpoints,
         error: None,
         bridge,
+        ..HeartbeatReply::default()
     })
 }
 
-/// The newest `UpdateIntent` generation per component that targets `node`.
+/// The newest `UpdateIntent` generation per component that targets `node`
+/// (the rule is `fabric_proto::hints::update_hints`), read from the store.
 async fn update_hints(
     store: &dyn Store,
     node: &str,
     spec: Option<&FabricNodeSpec>,
 ) -> Result<BTreeMap<String, i64>, StoreError> {
-    let mut hints = BTreeMap::new();
     let Some(spec) = spec else {
-        return Ok(hints);
+        return Ok(BTreeMap::new());
     };
-    for o in store.list_objects(Kind::UpdateIntent).await? {
-        let Ok(intent) = serde_json::from_value::<UpdateIntentSpec>(o.spec.clone()) else {
-            continue;
-        };
-        if intent.target.matches(node, spec) {
-            let e = hints
-                .entry(intent.component.as_str().to_owned())
-                .or_insert(0);
-            *e = (*e).max(o.generation());
-        }
-    }
-    Ok(hints)
+    let intents: Vec<(UpdateIntentSpec, i64)> = store
+        .list_objects(Kind::UpdateIntent)
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let generation = o.generation();
+            serde_json::from_value::<UpdateIntentSpec>(o.spec)
+                .ok()
+                .map(|s| (s, generation))
+        })
+        .collect();
+    Ok(fabric_proto::hints::update_hints(
+        node,
+        spec,
+        intents.iter().map(|(s, g)| (s, *g)),
+    ))
 }
 
-/// `fabric://<node-id>/control` of every `control-api` provider with a key.
+/// The canonical control endpoints (the rule is
+/// `fabric_proto::endpoint::canonical_control_endpoints`), read from the store.
 pub async fn canonical_endpoints(store: &dyn Store) -> Result<Vec<ControlEndpoint>, StoreError> {
-    let mut out = Vec::new();
-    for svc in store.list_objects(Kind::ServiceRecord).await? {
-        let Ok(s) = serde_json::from_value::<ServiceRecordSpec>(svc.spec.clone()) else {
-            continue;
-        };
-        if s.service != CONTROL_API_SERVICE {
+    let services: Vec<ServiceRecordSpec> = store
+        .list_objects(Kind::ServiceRecord)
+        .await?
+        .into_iter()
+        .filter_map(|o| serde_json::from_value(o.spec).ok())
+        .collect();
+    let mut ids = std::collections::HashMap::new();
+    for s in &services {
+        if s.service != fabric_proto::endpoint::CONTROL_API_SERVICE {
             continue;
         }
         for p in &s.providers {
-            let Some(o) = store.get_object(Kind::FabricNode, p).await? else {
+            if ids.contains_key(p) {
                 continue;
-            };
-            let id = serde_json::from_value::<FabricNodeSpec>(o.spec.clone())
-                .ok()
+            }
+            let id = store
+                .get_object(Kind::FabricNode, p)
+                .await?
+                .and_then(|o| serde_json::from_value::<FabricNodeSpec>(o.spec).ok())
                 .and_then(|n| n.node_id)
                 .and_then(|id| id.parse::<NodeId>().ok());
-            if let Some(id) = id {
-                let ep = ControlEndpoint::fabric(id);
-                if !out.contains(&ep) {
-                    out.push(ep);
-                }
-            }
+            ids.insert(p.clone(), id);
         }
     }
-    Ok(out)
+    Ok(fabric_proto::endpoint::canonical_control_endpoints(
+        &services,
+        |name| ids.get(name).copied().flatten(),
+        &[],
+    ))
 }
 
 /// Serves heartbeats on the fabric service `control`: framed JSON requests

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use fabric::topology::NodeId;
 use fabric_schemas::kinds::{FabricNodeSpec, Kind, ServiceRecordSpec, UpdateIntentSpec};
 
-use crate::heartbeat::{ControlEndpoint, CONTROL_API_SERVICE};
 use crate::store::{Store, StoreError};
+use fabric_proto::endpoint::ControlEndpoint;
 
 /// Default [`ReplyCache::max_age`].
 pub const DEFAULT_REPLY_CACHE_MAX_AGE: Duration = Duration::from_millis(250);
@@ -56,25 +56,21 @@ impl Snapshot {
         id.eq_ignore_ascii_case(node_id).then_some(spec)
     }
 
-    /// The newest `UpdateIntent` generation per component that targets `node`.
+    /// The newest `UpdateIntent` generation per component that targets `node`
+    /// (`fabric_proto::hints::update_hints` over the snapshot's intents).
     pub(crate) fn update_hints(
         &self,
         node: &str,
         spec: Option<&FabricNodeSpec>,
     ) -> std::collections::BTreeMap<String, i64> {
-        let mut hints = std::collections::BTreeMap::new();
-        let Some(spec) = spec else {
-            return hints;
-        };
-        for (intent, generation) in &self.intents {
-            if intent.target.matches(node, spec) {
-                let e = hints
-                    .entry(intent.component.as_str().to_owned())
-                    .or_insert(0);
-                *e = (*e).max(*generation);
-            }
+        match spec {
+            Some(spec) => fabric_proto::hints::update_hints(
+                node,
+                spec,
+                self.intents.iter().map(|(s, g)| (s, *g)),
+            ),
+            None => std::collections::BTreeMap::new(),
         }
-        hints
     }
 
     /// `fabric://<node-id>/control` of every `control-api` provider with a key.
@@ -171,28 +167,23 @@ async fn load(store: &dyn Store, epoch: u64, taken_at: Instant) -> Result<Snapsh
                 .map(|s| (s, generation))
         })
         .collect();
-    let mut endpoints = Vec::new();
-    for svc in store.list_objects(Kind::ServiceRecord).await? {
-        let Ok(s) = serde_json::from_value::<ServiceRecordSpec>(svc.spec) else {
-            continue;
-        };
-        if s.service != CONTROL_API_SERVICE {
-            continue;
-        }
-        for p in &s.providers {
-            let id = nodes
+    let services: Vec<ServiceRecordSpec> = store
+        .list_objects(Kind::ServiceRecord)
+        .await?
+        .into_iter()
+        .filter_map(|o| serde_json::from_value(o.spec).ok())
+        .collect();
+    let endpoints = fabric_proto::endpoint::canonical_control_endpoints(
+        &services,
+        |p| {
+            nodes
                 .get(p)
                 .and_then(|n| n.as_ref())
                 .and_then(|n| n.node_id.as_deref())
-                .and_then(|id| id.parse::<NodeId>().ok());
-            if let Some(id) = id {
-                let ep = ControlEndpoint::fabric(id);
-                if !endpoints.contains(&ep) {
-                    endpoints.push(ep);
-                }
-            }
-        }
-    }
+                .and_then(|id| id.parse::<NodeId>().ok())
+        },
+        &[],
+    );
     Ok(Snapshot {
         taken_at,
         epoch,

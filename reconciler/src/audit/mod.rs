@@ -16,8 +16,10 @@ use fabric::edge::{EdgeEntry, EdgeTarget, ReportedRole};
 use fabric_schemas::kinds::{FabricNodeSpec, ResilienceTargetSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::heartbeat::{HeartbeatBody, IntakePath, PeerMetrics, UpdaterSubscription, QUIC_UDP};
 use crate::store::{StoredHeartbeat, StoredObject, UnixMillis};
+use fabric_proto::heartbeat::{
+    HeartbeatBody, IntakePath, PeerMetrics, UpdaterSubscription, QUIC_UDP,
+};
 
 /// Thresholds of the audit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

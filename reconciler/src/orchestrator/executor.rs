@@ -12,8 +12,8 @@
 use fabric_schemas::kinds::{Kind, UpdateIntentSpec};
 
 use super::state::{BridgeAction, RolloutDoc};
-use crate::heartbeat::{BridgeArtifact, BridgeCommand};
 use crate::store::{Store, StoreError};
+use fabric_proto::heartbeat::{BridgeArtifact, BridgeCommand};
 
 /// The bridge command for `node`, if the driver has a bridge action in flight
 /// for it and that action still matches its intent; `None` otherwise. `now`

@@ -52,15 +52,14 @@ use fabric_schemas::kinds::{Kind, Spec};
 use fabric_schemas::trust::Role;
 use fabric_schemas::{Envelope, Record, Scope, TrustAnchor};
 
-use crate::runtime::status::{
+use crate::store::{NewEvent, Op, Store, StoreError, StoredObject};
+use fabric_runtime::status::{
     merge_status, read_status, set_condition, ConditionStatus, NewCondition,
 };
-use crate::runtime::{Action, Reconciler};
-use crate::store::{NewEvent, Op, Store, StoreError, StoredObject};
+use fabric_runtime::{Action, Reconciler};
 
 pub use sink::{
-    AgentSink, Delivery, FleetMember, PublishedRecord, RecordInjector, RecordSink, SinkError,
-    StoreOnlySink,
+    AgentSink, Delivery, PublishedRecord, RecordInjector, RecordSink, SinkError, StoreOnlySink,
 };
 
 /// The kinds this loop publishes.

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use fabric_node_agent::fleet::LocalFleet;
-use fabric_node_agent::AgentHandle;
 use fabric_schemas::kinds::Kind;
 use sha2::{Digest, Sha256};
 
@@ -67,37 +65,6 @@ pub trait RecordInjector: Send + Sync {
     fn inject(&self, envelope: Vec<u8>) -> BoxFuture<'_, Result<bool, String>>;
 }
 
-impl RecordInjector for AgentHandle {
-    fn label(&self) -> String {
-        self.node_id().to_string()
-    }
-
-    fn inject(&self, envelope: Vec<u8>) -> BoxFuture<'_, Result<bool, String>> {
-        Box::pin(AgentHandle::inject(self, envelope))
-    }
-}
-
-/// A member of a [`LocalFleet`], by name (the fleet owns the agent handles).
-pub struct FleetMember {
-    pub fleet: Arc<LocalFleet>,
-    pub name: String,
-}
-
-impl RecordInjector for FleetMember {
-    fn label(&self) -> String {
-        self.name.clone()
-    }
-
-    fn inject(&self, envelope: Vec<u8>) -> BoxFuture<'_, Result<bool, String>> {
-        Box::pin(async move {
-            match self.fleet.handle(&self.name) {
-                Some(h) => h.inject(envelope).await,
-                None => Err(format!("node {:?} is stopped", self.name)),
-            }
-        })
-    }
-}
-
 /// Injects each record into `fanout` of its targets (default 3): a different
 /// subset per record, chosen by hashing the record key, so the seeding load
 /// spreads over the targets. A target that refuses or is down is replaced by
@@ -120,21 +87,6 @@ impl AgentSink {
     pub fn with_fanout(mut self, fanout: usize) -> Self {
         self.fanout = fanout.max(1);
         self
-    }
-
-    /// Every member of a local fleet as a target.
-    pub fn for_fleet(fleet: &Arc<LocalFleet>) -> Self {
-        let targets = fleet
-            .members
-            .iter()
-            .map(|m| {
-                Arc::new(FleetMember {
-                    fleet: fleet.clone(),
-                    name: m.name.clone(),
-                }) as Arc<dyn RecordInjector>
-            })
-            .collect();
-        AgentSink::new(targets)
     }
 
     fn start(&self, record: &PublishedRecord) -> usize {

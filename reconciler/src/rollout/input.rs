@@ -65,44 +65,8 @@ pub enum Health {
     HeartbeatLost,
 }
 
-/// The node-side update states of the seed (P5), spelled as it spells them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UpdateState {
-    Blocked,
-    Leased,
-    Staged,
-    Applying,
-    Healthy,
-    RolledBack,
-    Aborted,
-}
-
-impl UpdateState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpdateState::Blocked => "blocked",
-            UpdateState::Leased => "leased",
-            UpdateState::Staged => "staged",
-            UpdateState::Applying => "applying",
-            UpdateState::Healthy => "healthy",
-            UpdateState::RolledBack => "rolled_back",
-            UpdateState::Aborted => "aborted",
-        }
-    }
-}
-
-/// The update a node last reported on, and where it got to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UpdateReport {
-    pub intent: String,
-    pub generation: u64,
-    pub phase: Component,
-    /// The lease the report is about; `blocked` and `aborted` only end the
-    /// attempt whose lease they name, so a stale report cannot kill a retry.
-    pub lease_id: Option<String>,
-    pub state: UpdateState,
-}
+/// The node-side update states and the typed report are the wire contract's.
+pub use fabric_proto::update::{UpdateReport, UpdateState};
 
 /// What the latest heartbeat of a node says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -12,7 +12,6 @@
 //! [`check_lease_admission`] is the node-side half: the check a node runs on
 //! a verified lease before it stages anything.
 
-mod admission;
 mod input;
 mod lease;
 mod limits;
@@ -21,7 +20,9 @@ mod roles;
 mod status;
 mod strategy;
 
-pub use admission::{check_lease_admission, AdmissionContext, HeldIntent, LeaseRefusal};
+pub use fabric_schemas::lease::{
+    check_lease_admission, AdmissionContext, HeldIntent, LeaseRefusal,
+};
 pub use input::{
     validate, Fleet, FleetNode, Health, IntentInput, LiveStates, NodeLive, OutstandingLease,
     PlanError, PlannerConfig, RolloutControl, RolloutProgress, SoleAreaProvider, StopCause,

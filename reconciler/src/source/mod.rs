@@ -35,8 +35,8 @@ use fabric_schemas::manifest::{load_path, LoadReport, ManifestError};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use tokio::sync::{mpsc, watch};
 
-use crate::runtime::status::{set_condition, ConditionStatus, NewCondition};
 use crate::store::{Applied, NewEvent, Op, PutObject, Store, StoreError};
+use fabric_runtime::status::{set_condition, ConditionStatus, NewCondition};
 
 /// Annotation marking objects written by the GitOps source.
 pub const MANAGED_BY_ANNOTATION: &str = "fabric.dev/managed-by";

@@ -252,24 +252,24 @@ impl World {
     }
 }
 
-/// A healthy node-agent heartbeat.
+/// A healthy node-agent heartbeat, as the intake stores it.
 pub fn hb(node_agent: &str) -> Value {
-    json!({"health": "healthy", "versions": {"nodeAgent": node_agent, "hostAgent": OLD}})
+    fabric_testkit::heartbeat_json("n", node_agent, Some(OLD))
 }
 
 /// A heartbeat with an update report.
 pub fn hb_report(node_agent: &str, lease_id: &str, state: &str) -> Value {
-    json!({
-        "health": "healthy",
-        "versions": {"nodeAgent": node_agent, "hostAgent": OLD},
-        "update": {"intent": INTENT, "generation": 1, "phase": "node-agent",
-                   "leaseId": lease_id, "state": state},
-    })
+    let mut v = hb(node_agent);
+    v["updater"]["update"] = json!({"intent": INTENT, "generation": 1, "phase": "node-agent",
+                                    "lease_id": lease_id, "state": state});
+    v
 }
 
 /// A compat node's heartbeat: no lease support.
 pub fn hb_compat(node_agent: &str) -> Value {
-    json!({"health": "healthy", "versions": {"nodeAgent": node_agent}, "leaseSupport": false})
+    let mut v = fabric_testkit::heartbeat_json("n", node_agent, None);
+    v["lease_support"] = json!(false);
+    v
 }
 
 pub fn rolling(max_parallel: u32, max_unavailable: u32) -> Value {

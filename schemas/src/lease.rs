@@ -1,4 +1,4 @@
-//! The node-side lease check: pure, run by a node after `fabric_schemas::accept`
+//! The node-side lease check: pure, run by a node after [`accept`](crate::accept)
 //! has verified the lease envelope and before it stages anything.
 //!
 //! `accept` proves who signed; this decides whether the lease lets *this* node
@@ -8,9 +8,9 @@
 
 use std::collections::BTreeSet;
 
-use fabric_schemas::kinds::{Component, RolloutLeaseSpec};
-use fabric_schemas::time::parse_rfc3339;
-use fabric_schemas::Role;
+use crate::kinds::{Component, RolloutLeaseSpec};
+use crate::time::parse_rfc3339;
+use crate::Role;
 
 /// The intent a node holds (accepted and stored), that a lease must match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

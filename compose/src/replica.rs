@@ -14,10 +14,11 @@
 //!   the publisher and (with [`ReplicaConfig::rollouts`]) the rollout driver.
 //!
 //! The co-located node cannot open a fabric channel to itself (transports
-//! refuse to dial their own id), so its control session runs in process: its
-//! agent's own session is turned off and the replica feeds its heartbeats to
-//! the intake directly ([`api::intake_colocated`]) and writes the update
-//! hints of the reply to its `update-trigger.json`, as the agent would.
+//! refuse to dial their own id), so its control session reaches the intake in
+//! process: the replica installs an [`IntakeLink`] into the node's
+//! `local_control` slot once the Control API is up. The session itself (its
+//! decisions, its backoff, the `update-trigger.json` writer) is the node's
+//! own, the same code every other node runs.
 //!
 //! The Control API runs on every replica, leader or not: reads and heartbeat
 //! intake are plain store operations and writes are store transactions, so
@@ -28,31 +29,55 @@
 //! fabric `control` service; that is the shape of a replica that is not on a
 //! `control-api` node (and of the tests that need no fabric).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use fabric::edge::EdgeInventory;
 use fabric::topology::NodeId;
 use fabric_node_agent::agent::AgentError;
-use fabric_node_agent::control::{
-    heartbeat_from_status, ControlEndpoint, HeartbeatExtras, UpdaterReport, UpdaterSubscription,
-};
-use fabric_node_agent::status::NodeStatus;
+use fabric_node_agent::control::link::ReplyFuture;
+use fabric_node_agent::control::LocalControl;
 use fabric_node_agent::{AgentConfig, AgentHandle};
-use tokio::sync::{oneshot, watch};
-
-use crate::api::{self, ApiConfig, ApiError, ApiHandle, HeartbeatIntake};
-use crate::controller::{
+use fabric_proto::heartbeat::HeartbeatBody;
+use fabric_reconciler::api::{self, ApiConfig, ApiError, ApiHandle, HeartbeatIntake};
+use fabric_reconciler::controller::{
     ControlPlane, ControlPlaneConfig, ControlPlaneError, ReplicaState, RolloutLoop,
 };
-use crate::publish::{AgentSink, RecordInjector, RecordSink, Signer, StoreOnlySink};
-use crate::store::Store;
+use fabric_reconciler::publish::{AgentSink, RecordInjector, RecordSink, Signer, StoreOnlySink};
+use fabric_reconciler::store::Store;
+use tokio::sync::{oneshot, watch};
+
+use crate::inject::AgentInjector;
+
+/// The co-located node's link to its own Control API: heartbeats go straight
+/// into the intake, with the same checks as the fabric path (the node's own
+/// key as the verified sender) and stamped `fabric`, since nothing crosses a
+/// TCP edge.
+pub struct IntakeLink {
+    intake: HeartbeatIntake,
+    node_id: NodeId,
+}
+
+impl IntakeLink {
+    /// A link for the node `node_id` into `intake`.
+    pub fn new(intake: HeartbeatIntake, node_id: NodeId) -> IntakeLink {
+        IntakeLink { intake, node_id }
+    }
+}
+
+impl LocalControl for IntakeLink {
+    fn heartbeat(&self, body: HeartbeatBody) -> ReplyFuture<'_> {
+        Box::pin(async move {
+            api::intake_colocated(&self.intake, body, self.node_id)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
 
 /// Everything one replica runs.
 pub struct ReplicaConfig {
+    /// The control plane's settings.
     pub plane: ControlPlaneConfig,
     /// The co-located node-agent; `None`: records are stored only.
     pub node: Option<AgentConfig>,
@@ -63,6 +88,7 @@ pub struct ReplicaConfig {
 }
 
 impl ReplicaConfig {
+    /// Only the control plane: no node, no API, no rollouts.
     pub fn new(plane: ControlPlaneConfig) -> Self {
         ReplicaConfig {
             plane,
@@ -73,6 +99,7 @@ impl ReplicaConfig {
     }
 }
 
+/// Why a replica could not start or ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
     #[error("starting the co-located node-agent: {0}")]
@@ -93,8 +120,6 @@ pub struct Replica {
     state: watch::Receiver<ReplicaState>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), ControlPlaneError>>,
-    /// The co-located node's in-process heartbeats: stop flag and task.
-    heartbeats: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
 }
 
 impl Replica {
@@ -105,17 +130,11 @@ impl Replica {
         signer: Signer,
         cfg: ReplicaConfig,
     ) -> Result<Replica, ReplicaError> {
-        let colocated = cfg.api.is_some();
-        let mut local_session = None;
+        let mut local_control = None;
         let agent = match cfg.node {
-            Some(mut node) => {
+            Some(node) => {
                 let name = node.name.clone();
-                if colocated && node.control_session {
-                    // It would dial its own id, which transports refuse; the
-                    // replica runs its session in process instead (below).
-                    node.control_session = false;
-                    local_session = Some((node.state_dir.clone(), node.heartbeat_interval));
-                }
+                local_control = Some(node.local_control.clone());
                 let handle = Arc::new(fabric_node_agent::start(node).await?);
                 tracing::info!(
                     node = %name,
@@ -128,7 +147,9 @@ impl Replica {
             None => None,
         };
         let sink: Arc<dyn RecordSink> = match &agent {
-            Some(a) => Arc::new(AgentSink::new(vec![a.clone() as Arc<dyn RecordInjector>])),
+            Some(a) => Arc::new(AgentSink::new(vec![
+                Arc::new(AgentInjector(a.clone())) as Arc<dyn RecordInjector>
+            ])),
             None => {
                 tracing::info!("no co-located node (--node): records are stored only (StoreOnlySink) and the fabric `control` service is not served");
                 Arc::new(StoreOnlySink)
@@ -153,21 +174,11 @@ impl Replica {
             }
             None => None,
         };
-        let heartbeats = match (&agent, local_session, &api) {
-            (Some(a), Some((state_dir, every)), Some(h)) => {
-                let (tx, rx) = watch::channel(false);
-                let task = tokio::spawn(colocated_heartbeats(
-                    h.intake().clone(),
-                    a.node_id(),
-                    a.status_watch(),
-                    state_dir,
-                    every,
-                    rx,
-                ));
-                Some((tx, task))
-            }
-            _ => None,
-        };
+        if let (Some(a), Some(slot), Some(h)) = (&agent, local_control, &api) {
+            // The node's control session goes to its own id; from now on that
+            // reaches the intake in process.
+            slot.install(Arc::new(IntakeLink::new(h.intake().clone(), a.node_id())));
+        }
         let mut plane = ControlPlane::new(store, signer, sink, cfg.plane);
         if let Some(r) = cfg.rollouts {
             plane = plane.with_rollouts(r);
@@ -187,7 +198,6 @@ impl Replica {
             state,
             stop,
             task,
-            heartbeats,
         })
     }
 
@@ -226,7 +236,6 @@ impl Replica {
             state: _,
             stop,
             mut task,
-            heartbeats,
         } = self;
         let ended = tokio::select! {
             () = shutdown => {
@@ -235,10 +244,6 @@ impl Replica {
             }
             r = &mut task => r,
         };
-        if let Some((tx, t)) = heartbeats {
-            let _ = tx.send(true);
-            let _ = t.await;
-        }
         if let Some(api) = api {
             api.stop().await;
         }
@@ -263,89 +268,6 @@ async fn stop_agent(agent: Option<Arc<AgentHandle>>) {
         Ok(a) => a.stop().await,
         Err(_) => {
             tracing::warn!("co-located node-agent still referenced at shutdown; dropping it without saving its peer cache")
-        }
-    }
-}
-
-/// The co-located node's control session, in process: every `every`, a
-/// heartbeat built from the agent's status, exactly as its own session would
-/// build it, goes to the intake; the reply's update hints are persisted to
-/// `update-trigger.json` (the updater's wake file) when they change.
-async fn colocated_heartbeats(
-    intake: HeartbeatIntake,
-    node_id: NodeId,
-    status: watch::Receiver<NodeStatus>,
-    state_dir: PathBuf,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let extras = HeartbeatExtras {
-        // One workspace version for every crate: this is the node-agent's.
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        host_agent_version: None,
-        peer_metrics: Default::default(),
-        updater: UpdaterReport {
-            subscription: UpdaterSubscription::Alive,
-            supports_hint_wake: true,
-            status_at_ms: None,
-            update: None,
-        },
-    };
-    let live = ControlEndpoint::fabric(node_id);
-    let trigger = state_dir.join("update-trigger.json");
-    let mut tick = tokio::time::interval(every.max(Duration::from_millis(50)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
-    // Logged once per distinct error, not every interval.
-    let mut last_error: Option<String> = None;
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-        }
-        let recovery = api::canonical_endpoints(intake.store().as_ref())
-            .await
-            .unwrap_or_default();
-        let hb = {
-            let st = status.borrow();
-            heartbeat_from_status(&st, &extras, Some(&live), &recovery)
-        };
-        let reply = match api::intake_colocated(&intake, hb, node_id).await {
-            Ok(r) => {
-                if last_error.take().is_some() {
-                    tracing::info!(node_id = %node_id, "co-located node heartbeats accepted again");
-                }
-                r
-            }
-            Err(e) => {
-                let e = e.to_string();
-                if last_error.as_ref() != Some(&e) {
-                    tracing::warn!(node_id = %node_id, error = %e, "co-located node heartbeat refused");
-                    last_error = Some(e);
-                }
-                continue;
-            }
-        };
-        if reply.update_hints.is_empty() || reply.update_hints == seen {
-            continue;
-        }
-        let body = serde_json::json!({
-            "update_hints": reply.update_hints,
-            "at_ms": crate::store::now_millis(),
-        });
-        let written = serde_json::to_vec_pretty(&body)
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
-                fabric_schemas::keys::write_atomic(&trigger, &b, 0o644).map_err(|e| e.to_string())
-            });
-        match written {
-            Ok(()) => {
-                tracing::info!(node_id = %node_id, hints = ?reply.update_hints, "update hint for the co-located node: wrote update-trigger.json");
-                seen = reply.update_hints;
-            }
-            Err(e) => {
-                tracing::warn!(node_id = %node_id, error = %e, "could not write update-trigger.json; retrying next heartbeat")
-            }
         }
     }
 }

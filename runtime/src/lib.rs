@@ -257,7 +257,15 @@ impl<R: Reconciler> Controller<R> {
                         }
                         Outcome::Failed(e) => {
                             let a = self.reconciler.error_policy(&key, &e, &self.ctx);
-                            tracing::warn!(key = ?key, error = %e, failures = backoff.failures(&key) + 1, "reconcile failed");
+                            // A repeated failure is logged at the 1st, 2nd,
+                            // 4th, 8th... time with its count, not on every
+                            // retry of a key that keeps failing.
+                            let failures = backoff.failures(&key) + 1;
+                            if failures.is_power_of_two() {
+                                tracing::warn!(key = ?key, error = %e, failures, "reconcile failed");
+                            } else {
+                                tracing::debug!(key = ?key, error = %e, failures, "reconcile failed again");
+                            }
                             a
                         }
                     };

@@ -6,15 +6,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fabric_node_agent::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
+use fabric_compose::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
+use fabric_compose::inject::FleetMember;
 use fabric_reconciler::controller::{ControlPlane, ControlPlaneConfig, ReplicaState};
 use fabric_reconciler::publish::{
-    AgentSink, Delivery, FleetMember, PublishedRecord, RecordInjector, RecordSink, Signer,
-    SinkError,
+    AgentSink, Delivery, PublishedRecord, RecordInjector, RecordSink, Signer, SinkError,
 };
-use fabric_reconciler::runtime::status::{find_condition, read_status};
 use fabric_reconciler::source::GitOpsConfig;
 use fabric_reconciler::store::{BoxFuture, EmbeddedStore, Store};
+use fabric_runtime::status::{find_condition, read_status};
 use fabric_schemas::accept::NothingHeld;
 use fabric_schemas::keys::{generate_trust_root, TrustRootPlan};
 use fabric_schemas::kinds::Kind;

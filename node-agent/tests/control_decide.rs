@@ -3,8 +3,9 @@
 
 use fabric::topology::NodeId;
 use fabric_node_agent::control::{
-    decide, ControlConfigFile, ControlEndpoint, LiveSession, SessionAction, SessionConfig,
+    decide, ControlConfigFile, LiveSession, SessionAction, SessionConfig,
 };
+use fabric_proto::endpoint::ControlEndpoint;
 
 const MAX: u32 = 3;
 

@@ -10,13 +10,10 @@ use std::time::Duration;
 use fabric::edge::{EdgeInventory, ReportedRole};
 use fabric::identity::NodeIdentity;
 use fabric::path::PeerInfo;
-use fabric::topology::{EndpointCandidate, EndpointScope};
 use fabric::transport::{Transport, TransportConfig};
-use fabric_node_agent::control::{
-    CanonicalSource, ControlDriver, ControlEndpoint, DirectoryReport, HeartbeatBody,
-    HeartbeatSource, PeerMetrics, RegistryRuntimeReport, UpdaterReport, UpdaterSubscription,
-    QUIC_UDP,
-};
+use fabric_node_agent::control::{CanonicalSource, ControlDriver, HeartbeatSource};
+use fabric_proto::endpoint::ControlEndpoint;
+use fabric_proto::heartbeat::HeartbeatBody;
 use fabric_reconciler::api::{self, ApiClient, ApiConfig, ApplyOptions, CompatConfig, Token};
 use fabric_reconciler::store::{EmbeddedStore, Store};
 
@@ -34,31 +31,10 @@ impl HeartbeatSource for Beats {
         live: Option<&ControlEndpoint>,
         recovery: &[ControlEndpoint],
     ) -> HeartbeatBody {
-        HeartbeatBody {
-            node: self.node.clone(),
-            node_id: self.node_id.clone(),
-            agent_version: "0.3.0".into(),
-            host_agent_version: None,
-            fabric_control_endpoint: live.map(|e| e.to_string()),
-            control_recovery_endpoints: recovery.iter().map(|e| e.to_string()).collect(),
-            inter_node_transport: QUIC_UDP.into(),
-            fabric_registry_runtime_report: RegistryRuntimeReport {
-                status: "active".into(),
-                ..Default::default()
-            },
-            directory: DirectoryReport::default(),
-            peer_metrics: PeerMetrics::default(),
-            updater: UpdaterReport {
-                subscription: UpdaterSubscription::Alive,
-                supports_hint_wake: true,
-                status_at_ms: None,
-                update: None,
-            },
-            edge_listeners: Vec::new(),
-            sent_at_ms: 0,
-            lease_support: None,
-            received_via: None,
-        }
+        let mut hb = fabric_testkit::heartbeat(&self.node, &self.node_id);
+        hb.fabric_control_endpoint = live.map(|e| e.to_string());
+        hb.control_recovery_endpoints = recovery.iter().map(|e| e.to_string()).collect();
+        hb
     }
 }
 
@@ -122,16 +98,7 @@ async fn compat_node_converges_to_the_canonical_fabric_endpoint_after_a_noop_con
         .expect("node transport");
     node.set_peer(
         ctl.node_id(),
-        PeerInfo {
-            candidates: vec![EndpointCandidate {
-                addr: ctl.local_addr().expect("addr"),
-                scope: EndpointScope::Public,
-                locality_group: None,
-                nat_group: None,
-            }],
-            labels: Default::default(),
-            is_relay: false,
-        },
+        PeerInfo::public(ctl.local_addr().expect("addr")),
     );
 
     let operator =
@@ -277,16 +244,7 @@ async fn a_heartbeat_claiming_another_nodes_key_on_the_control_channel_is_refuse
         .expect("transport");
     node.set_peer(
         ctl.node_id(),
-        PeerInfo {
-            candidates: vec![EndpointCandidate {
-                addr: ctl.local_addr().expect("addr"),
-                scope: EndpointScope::Public,
-                locality_group: None,
-                nat_group: None,
-            }],
-            labels: Default::default(),
-            is_relay: false,
-        },
+        PeerInfo::public(ctl.local_addr().expect("addr")),
     );
     let config_path = dir.path().join("control.json");
     std::fs::write(&config_path, "{}").expect("config");

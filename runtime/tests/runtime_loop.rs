@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fabric_reconciler::runtime::{
+use fabric_runtime::{
     Action, BackoffConfig, Controller, ControllerConfig, QueueHandle, Reconciler,
 };
 use tokio::time::Instant;

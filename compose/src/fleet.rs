@@ -20,9 +20,9 @@ use fabric_schemas::time::now_unix;
 use fabric_schemas::trust::Role;
 use fabric_schemas::{Envelope, Record, Scope, TrustAnchor};
 
-use crate::agent::{self, AgentConfig, AgentHandle};
-use crate::directory::labels_of;
-use crate::status::NodeStatus;
+use fabric_node_agent::agent::{self, AgentConfig, AgentHandle};
+use fabric_node_agent::directory::labels_of;
+use fabric_node_agent::status::NodeStatus;
 
 #[derive(Clone, Debug)]
 pub struct FleetOptions {

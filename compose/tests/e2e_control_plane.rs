@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use fabric::gossip::GossipConfig;
 use fabric::topology::{NodeId, TopologyLabels};
 use fabric::transport::TransportConfig;
+use fabric_compose::replica::{Replica, ReplicaConfig};
 use fabric_node_agent::cache::{self, Loaded};
 use fabric_node_agent::{AgentConfig, AgentHandle};
 use fabric_reconciler::api::{self, ApiConfig, Token};
@@ -23,7 +24,6 @@ use fabric_reconciler::orchestrator::{
     control, Orchestrator, OrchestratorConfig, OrchestratorKeys,
 };
 use fabric_reconciler::publish::Signer;
-use fabric_reconciler::replica::{Replica, ReplicaConfig};
 use fabric_reconciler::source::GitOpsConfig;
 use fabric_reconciler::store::{EmbeddedStore, Store};
 use fabric_schemas::keys::{generate_trust_root, write_atomic, write_private_key, TrustRootPlan};

@@ -1,0 +1,108 @@
+//! The heartbeat a node sends: built from its published status plus what the
+//! status does not hold (versions, the updater plane).
+
+use std::sync::Arc;
+
+use fabric_proto::endpoint::ControlEndpoint;
+use fabric_proto::heartbeat::{
+    DirectoryReport, HeartbeatBody, PeerMetrics, RegistryRuntimeReport, UpdaterReport, QUIC_UDP,
+    SCHEMA_VERSION,
+};
+use tokio::sync::watch;
+
+use crate::status::NodeStatus;
+
+/// Builds the heartbeat for the live endpoint.
+pub trait HeartbeatSource: Send + Sync + 'static {
+    fn heartbeat(
+        &self,
+        live: Option<&ControlEndpoint>,
+        recovery: &[ControlEndpoint],
+    ) -> HeartbeatBody;
+}
+
+/// What a node-agent adds to its [`NodeStatus`] to make a heartbeat.
+#[derive(Clone, Debug, Default)]
+pub struct HeartbeatExtras {
+    pub agent_version: String,
+    pub host_agent_version: Option<String>,
+    /// Used when the status carries no peer plan yet (all zero); the agent's
+    /// own planner metrics in [`NodeStatus::peer_metrics`] win otherwise.
+    pub peer_metrics: PeerMetrics,
+    pub updater: UpdaterReport,
+}
+
+/// A heartbeat from a node's status report (registry, directory, edge
+/// listeners) plus what the status does not hold.
+pub fn heartbeat_from_status(
+    status: &NodeStatus,
+    extras: &HeartbeatExtras,
+    live: Option<&ControlEndpoint>,
+    recovery: &[ControlEndpoint],
+) -> HeartbeatBody {
+    HeartbeatBody {
+        schema: SCHEMA_VERSION,
+        node: status.name.clone(),
+        node_id: status.node_id.clone(),
+        agent_version: extras.agent_version.clone(),
+        host_agent_version: extras.host_agent_version.clone(),
+        // No host agent hands its status to this node yet: not built, so
+        // not reported.
+        host: None,
+        fabric_control_endpoint: live.map(|e| e.to_string()),
+        control_recovery_endpoints: recovery.iter().map(|e| e.to_string()).collect(),
+        inter_node_transport: QUIC_UDP.to_owned(),
+        fabric_registry_runtime_report: RegistryRuntimeReport {
+            status: status.registry.status.as_str().to_owned(),
+            active_records: status.registry.active_records,
+            candidate_records: status.registry.candidate_records,
+            resolved_core_services: status.registry.resolved_core_services.clone(),
+            last_live_probe_ms: status.registry.last_live_probe.as_ref().map(|p| p.at_ms),
+        },
+        directory: DirectoryReport {
+            records: status.directory_records,
+            nodes: status.directory_nodes,
+            services: status.directory_services,
+            peer_cache: status.peer_cache.clone(),
+        },
+        peer_metrics: if status.peer_metrics == PeerMetrics::default() {
+            extras.peer_metrics
+        } else {
+            status.peer_metrics
+        },
+        updater: extras.updater.clone(),
+        // The node's own health checks are not run yet: reported as absent,
+        // never as a literal "healthy".
+        health: None,
+        edge_listeners: status.edge_listeners.clone(),
+        sent_at_ms: now_ms(),
+        // This agent verifies leases; only legacy agents say otherwise.
+        lease_support: None,
+        received_via: None,
+    }
+}
+
+/// A [`HeartbeatSource`] over a running agent's status.
+pub struct StatusHeartbeat {
+    pub status: watch::Receiver<NodeStatus>,
+    pub extras: Arc<std::sync::Mutex<HeartbeatExtras>>,
+}
+
+impl HeartbeatSource for StatusHeartbeat {
+    fn heartbeat(
+        &self,
+        live: Option<&ControlEndpoint>,
+        recovery: &[ControlEndpoint],
+    ) -> HeartbeatBody {
+        let status = self.status.borrow().clone();
+        let extras = self.extras.lock().map(|e| e.clone()).unwrap_or_default();
+        heartbeat_from_status(&status, &extras, live, recovery)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
