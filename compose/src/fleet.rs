@@ -24,18 +24,25 @@ use fabric_node_agent::agent::{self, AgentConfig, AgentHandle};
 use fabric_node_agent::directory::labels_of;
 use fabric_node_agent::status::NodeStatus;
 
+/// How a local fleet runs.
 #[derive(Clone, Debug)]
 pub struct FleetOptions {
+    /// Every node's state folder and the trust root go under here.
     pub state_dir: PathBuf,
+    /// The loopback address every node binds.
     pub host: IpAddr,
+    /// Gossip round length.
     pub round: Duration,
+    /// How often each core-service provider is probed.
     pub probe_interval: Duration,
+    /// How often each node heartbeats.
     pub heartbeat_interval: Duration,
     /// Lifetime of the signed records.
     pub record_ttl: Duration,
 }
 
 impl FleetOptions {
+    /// Defaults for a fleet on 127.0.0.1 under `state_dir`.
     pub fn new(state_dir: PathBuf) -> Self {
         FleetOptions {
             state_dir,
@@ -48,14 +55,19 @@ impl FleetOptions {
     }
 }
 
+/// Why a local fleet could not start or change.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
+    /// No `FabricNode` among the manifests.
     #[error("the manifests hold no FabricNode")]
     NoNodes,
+    /// A node name not in this fleet.
     #[error("node {0:?} is not part of this fleet")]
     UnknownNode(String),
+    /// Keys, folders or records could not be set up.
     #[error("{0}")]
     Setup(String),
+    /// A node-agent failed to start.
     #[error(transparent)]
     Agent(#[from] agent::AgentError),
 }
@@ -66,17 +78,27 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> FleetError + '_ 
 
 /// One member of the local fleet.
 pub struct Member {
+    /// The node's `FabricNode` name.
     pub name: String,
+    /// Its spec with the real key and loopback endpoint.
     pub spec: FabricNodeSpec,
+    /// Its key.
     pub node_id: NodeId,
+    /// Its state folder.
     pub state_dir: PathBuf,
+    /// Its UDP address.
     pub addr: SocketAddr,
+    /// The running agent; `None` while stopped.
     pub handle: Option<AgentHandle>,
 }
 
+/// A whole fleet on one machine (see the module docs).
 pub struct LocalFleet {
+    /// Every node, in manifest order.
     pub members: Vec<Member>,
+    /// The fleet's trust root.
     pub trust: TrustAnchor,
+    /// Where the trust root and its keys are written.
     pub trust_dir: PathBuf,
     control: SigningKey,
     opts: FleetOptions,
@@ -214,6 +236,7 @@ impl LocalFleet {
         Ok(Envelope::sign(rec, &[&self.control]).encode())
     }
 
+    /// The fleet's control key (signs records).
     pub fn control_key(&self) -> &SigningKey {
         &self.control
     }
@@ -261,10 +284,12 @@ impl LocalFleet {
             .ok_or_else(|| FleetError::UnknownNode(name.to_owned()))
     }
 
+    /// A member by name.
     pub fn member(&self, name: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.name == name)
     }
 
+    /// A running member's agent.
     pub fn handle(&self, name: &str) -> Option<&AgentHandle> {
         self.member(name).and_then(|m| m.handle.as_ref())
     }
@@ -287,6 +312,7 @@ impl LocalFleet {
         Ok(())
     }
 
+    /// The status of every running node.
     pub fn statuses(&self) -> Vec<NodeStatus> {
         self.members
             .iter()
@@ -299,6 +325,7 @@ impl LocalFleet {
         self.records.len()
     }
 
+    /// Stops every node, saving peer caches.
     pub async fn stop_all(&mut self) {
         for m in &mut self.members {
             if let Some(h) = m.handle.take() {
@@ -307,10 +334,12 @@ impl LocalFleet {
         }
     }
 
+    /// The trust-root manifest file.
     pub fn trust_root_file(&self) -> PathBuf {
         self.trust_dir.join("trust-root.yaml")
     }
 
+    /// The fleet's state folder.
     pub fn state_dir(&self) -> &Path {
         &self.opts.state_dir
     }

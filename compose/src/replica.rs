@@ -102,12 +102,16 @@ impl ReplicaConfig {
 /// Why a replica could not start or ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
+    /// The co-located node-agent did not start.
     #[error("starting the co-located node-agent: {0}")]
     Agent(#[from] AgentError),
+    /// The Control API did not start.
     #[error("serving the Control API: {0}")]
     Api(#[from] ApiError),
+    /// The control plane failed.
     #[error(transparent)]
     ControlPlane(#[from] ControlPlaneError),
+    /// The control plane task panicked.
     #[error("the control plane task panicked: {0}")]
     Panicked(String),
 }
@@ -216,6 +220,7 @@ impl Replica {
         &self.inventory
     }
 
+    /// Watches what the replica is doing (leadership, last error).
     pub fn state(&self) -> watch::Receiver<ReplicaState> {
         self.state.clone()
     }

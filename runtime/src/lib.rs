@@ -52,14 +52,17 @@ pub enum Action {
 }
 
 impl Action {
+    /// [`Action::Requeue`] after `after`.
     pub fn requeue(after: Duration) -> Action {
         Action::Requeue(after)
     }
 
+    /// [`Action::AwaitChange`].
     pub fn await_change() -> Action {
         Action::AwaitChange
     }
 
+    /// [`Action::Backoff`].
     pub fn backoff() -> Action {
         Action::Backoff
     }
@@ -70,8 +73,11 @@ impl Action {
 pub trait Reconciler: Send + Sync + 'static {
     /// What the queue holds: an object's identity, never its content.
     type Key: Clone + Eq + Hash + Debug + Send + Sync + 'static;
+    /// What `fetch` reads for a key: the current desired and observed state.
     type Object: Send + Sync + 'static;
+    /// Shared context every reconcile gets (stores, clients, config).
     type Ctx: Send + Sync + 'static;
+    /// Why a fetch or reconcile failed.
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Reads the current state of `key`; `None` if it no longer exists (the
@@ -101,6 +107,7 @@ pub trait Reconciler: Send + Sync + 'static {
 pub struct ControllerConfig {
     /// Reconciles of different keys running at once.
     pub concurrency: usize,
+    /// Per-key exponential backoff after failures.
     pub backoff: BackoffConfig,
     /// On shutdown, how long running reconciles may take to finish before
     /// they are cancelled.
@@ -161,6 +168,7 @@ pub struct Controller<R: Reconciler> {
 }
 
 impl<R: Reconciler> Controller<R> {
+    /// A controller for `reconciler`; nothing runs until [`run`](Self::run).
     pub fn new(reconciler: Arc<R>, ctx: Arc<R::Ctx>, config: ControllerConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Controller {

@@ -47,6 +47,7 @@ impl<K> Default for WorkQueue<K> {
 }
 
 impl<K: Clone + Eq + Hash> WorkQueue<K> {
+    /// An empty queue.
     pub fn new() -> Self {
         Self::default()
     }
@@ -125,10 +126,12 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         self.parked.remove(key);
     }
 
+    /// Whether `key` waits to be handed out.
     pub fn is_pending(&self, key: &K) -> bool {
         self.pending.contains_key(key) || self.parked.contains_key(key)
     }
 
+    /// Whether `key` is being reconciled.
     pub fn is_in_flight(&self, key: &K) -> bool {
         self.in_flight.contains(key)
     }
@@ -138,10 +141,12 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         self.pending.len()
     }
 
+    /// True when nothing is pending.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty() && self.parked.is_empty()
     }
 
+    /// Keys being reconciled now.
     pub fn in_flight_len(&self) -> usize {
         self.in_flight.len()
     }
@@ -150,7 +155,9 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
 /// Exponential backoff parameters: `base * 2^(failures-1)`, at most `cap`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackoffConfig {
+    /// The delay after the first failure.
     pub base: Duration,
+    /// The longest delay.
     pub cap: Duration,
 }
 
@@ -173,6 +180,7 @@ pub struct Backoff<K> {
 }
 
 impl<K: Clone + Eq + Hash> Backoff<K> {
+    /// No failures yet.
     pub fn new(config: BackoffConfig) -> Self {
         Backoff {
             config,
@@ -208,6 +216,7 @@ impl<K: Clone + Eq + Hash> Backoff<K> {
         self.failures.remove(key);
     }
 
+    /// Consecutive failures of `key` so far.
     pub fn failures(&self, key: &K) -> u32 {
         self.failures.get(key).copied().unwrap_or(0)
     }

@@ -9,12 +9,16 @@ use k8s_openapi::jiff::Timestamp;
 /// `status` of a condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConditionStatus {
+    /// The condition holds.
     True,
+    /// The condition does not hold.
     False,
+    /// Not known (yet).
     Unknown,
 }
 
 impl ConditionStatus {
+    /// The Kubernetes spelling (`True`, `False`, `Unknown`).
     pub fn as_str(self) -> &'static str {
         match self {
             ConditionStatus::True => "True",
@@ -37,9 +41,13 @@ impl From<bool> for ConditionStatus {
 /// A condition to set: type, status, a CamelCase reason and a human message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewCondition<'a> {
+    /// The condition's type, e.g. `Ready`.
     pub type_: &'a str,
+    /// Whether it holds.
     pub status: ConditionStatus,
+    /// A CamelCase reason.
     pub reason: &'a str,
+    /// A sentence for people.
     pub message: &'a str,
     /// The generation the condition was computed for.
     pub observed_generation: Option<i64>,
