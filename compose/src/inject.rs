@@ -46,11 +46,13 @@ impl RecordInjector for FleetMember {
     }
 }
 
-/// Every member of a local fleet as a target of one sink.
-pub fn fleet_sink(fleet: &Arc<LocalFleet>) -> AgentSink {
+/// The named members of a local fleet (every member when `names` is empty)
+/// as the targets of one sink.
+pub fn fleet_sink(fleet: &Arc<LocalFleet>, names: &[&str]) -> AgentSink {
     let targets = fleet
         .members
         .iter()
+        .filter(|m| names.is_empty() || names.contains(&m.name.as_str()))
         .map(|m| {
             Arc::new(FleetMember {
                 fleet: fleet.clone(),

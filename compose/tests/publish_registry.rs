@@ -7,11 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fabric_compose::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
-use fabric_compose::inject::FleetMember;
+use fabric_compose::inject::fleet_sink;
 use fabric_reconciler::controller::{ControlPlane, ControlPlaneConfig, ReplicaState};
-use fabric_reconciler::publish::{
-    AgentSink, Delivery, PublishedRecord, RecordInjector, RecordSink, Signer, SinkError,
-};
+use fabric_reconciler::publish::{Delivery, PublishedRecord, RecordSink, Signer, SinkError};
 use fabric_reconciler::source::GitOpsConfig;
 use fabric_reconciler::store::{BoxFuture, EmbeddedStore, Store};
 use fabric_runtime::status::{find_condition, read_status};
@@ -202,16 +200,11 @@ async fn records_are_stored_signed_and_reach_every_node_and_edits_advance_genera
     let fleet = Arc::new(fleet);
     let seeded = fleet.expected_records();
     // Hand records to two of the five nodes only: gossip must do the rest.
-    let targets: Vec<Arc<dyn RecordInjector>> = fleet.members[1..3]
+    let names: Vec<&str> = fleet.members[1..3]
         .iter()
-        .map(|m| {
-            Arc::new(FleetMember {
-                fleet: fleet.clone(),
-                name: m.name.clone(),
-            }) as Arc<dyn RecordInjector>
-        })
+        .map(|m| m.name.as_str())
         .collect();
-    let sink: Arc<dyn RecordSink> = Arc::new(AgentSink::new(targets).with_fanout(2));
+    let sink: Arc<dyn RecordSink> = Arc::new(fleet_sink(&fleet, &names).with_fanout(2));
     let signer = Signer::new(vec![fleet.control_key().clone()], fleet.trust.clone());
     let store: Arc<dyn Store> = Arc::new(
         EmbeddedStore::open(tmp.path().join("store.redb"))

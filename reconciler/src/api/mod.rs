@@ -34,7 +34,7 @@ use fabric::edge::{EdgeError, EdgeInventory, EdgeListener, EdgeRole, EdgeTarget}
 use fabric::frame::Framed;
 use fabric::topology::NodeId;
 use fabric::transport::Transport;
-use fabric_schemas::kinds::{FabricNodeSpec, Kind, ServiceRecordSpec, UpdateIntentSpec};
+use fabric_schemas::kinds::{FabricNodeSpec, Kind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -787,17 +787,7 @@ async fn update_hints(
     let Some(spec) = spec else {
         return Ok(BTreeMap::new());
     };
-    let intents: Vec<(UpdateIntentSpec, i64)> = store
-        .list_objects(Kind::UpdateIntent)
-        .await?
-        .into_iter()
-        .filter_map(|o| {
-            let generation = o.generation();
-            serde_json::from_value::<UpdateIntentSpec>(o.spec)
-                .ok()
-                .map(|s| (s, generation))
-        })
-        .collect();
+    let intents = reply_cache::load_intents(store).await?;
     Ok(fabric_proto::hints::update_hints(
         node,
         spec,
@@ -808,12 +798,7 @@ async fn update_hints(
 /// The canonical control endpoints (the rule is
 /// `fabric_proto::endpoint::canonical_control_endpoints`), read from the store.
 pub async fn canonical_endpoints(store: &dyn Store) -> Result<Vec<ControlEndpoint>, StoreError> {
-    let services: Vec<ServiceRecordSpec> = store
-        .list_objects(Kind::ServiceRecord)
-        .await?
-        .into_iter()
-        .filter_map(|o| serde_json::from_value(o.spec).ok())
-        .collect();
+    let services = reply_cache::load_services(store).await?;
     let mut ids = std::collections::HashMap::new();
     for s in &services {
         if s.service != fabric_proto::endpoint::CONTROL_API_SERVICE {

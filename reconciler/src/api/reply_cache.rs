@@ -156,23 +156,8 @@ async fn load(store: &dyn Store, epoch: u64, taken_at: Instant) -> Result<Snapsh
             (o.metadata.name, spec)
         })
         .collect();
-    let intents = store
-        .list_objects(Kind::UpdateIntent)
-        .await?
-        .into_iter()
-        .filter_map(|o| {
-            let generation = o.generation();
-            serde_json::from_value::<UpdateIntentSpec>(o.spec)
-                .ok()
-                .map(|s| (s, generation))
-        })
-        .collect();
-    let services: Vec<ServiceRecordSpec> = store
-        .list_objects(Kind::ServiceRecord)
-        .await?
-        .into_iter()
-        .filter_map(|o| serde_json::from_value(o.spec).ok())
-        .collect();
+    let intents = load_intents(store).await?;
+    let services = load_services(store).await?;
     let endpoints = fabric_proto::endpoint::canonical_control_endpoints(
         &services,
         |p| {
@@ -191,4 +176,31 @@ async fn load(store: &dyn Store, epoch: u64, taken_at: Instant) -> Result<Snapsh
         intents,
         endpoints,
     })
+}
+
+/// Every parseable `UpdateIntent` with its object generation.
+pub(crate) async fn load_intents(
+    store: &dyn Store,
+) -> Result<Vec<(UpdateIntentSpec, i64)>, StoreError> {
+    Ok(store
+        .list_objects(Kind::UpdateIntent)
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let generation = o.generation();
+            serde_json::from_value::<UpdateIntentSpec>(o.spec)
+                .ok()
+                .map(|s| (s, generation))
+        })
+        .collect())
+}
+
+/// Every parseable `ServiceRecord` spec.
+pub(crate) async fn load_services(store: &dyn Store) -> Result<Vec<ServiceRecordSpec>, StoreError> {
+    Ok(store
+        .list_objects(Kind::ServiceRecord)
+        .await?
+        .into_iter()
+        .filter_map(|o| serde_json::from_value(o.spec).ok())
+        .collect())
 }
