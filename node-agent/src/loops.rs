@@ -230,6 +230,9 @@ where
             concurrency: 8,
             backoff,
             shutdown_grace: Duration::from_secs(1),
+            // Unreachable peers and providers are ordinary; status and the
+            // error policy's debug line report them.
+            warn_on_failure: false,
         },
     );
     let queue = controller.queue();

@@ -112,6 +112,10 @@ pub struct ControllerConfig {
     /// On shutdown, how long running reconciles may take to finish before
     /// they are cancelled.
     pub shutdown_grace: Duration,
+    /// Log a failing key at warn level (at its 1st, 2nd, 4th... failure);
+    /// `false` logs failures at debug only, for loops whose failures are
+    /// ordinary (a node's peers coming and going) and reported elsewhere.
+    pub warn_on_failure: bool,
 }
 
 impl Default for ControllerConfig {
@@ -120,6 +124,7 @@ impl Default for ControllerConfig {
             concurrency: 4,
             backoff: BackoffConfig::default(),
             shutdown_grace: Duration::from_secs(10),
+            warn_on_failure: true,
         }
     }
 }
@@ -269,7 +274,7 @@ impl<R: Reconciler> Controller<R> {
                             // 4th, 8th... time with its count, not on every
                             // retry of a key that keeps failing.
                             let failures = backoff.failures(&key) + 1;
-                            if failures.is_power_of_two() {
+                            if self.config.warn_on_failure && failures.is_power_of_two() {
                                 tracing::warn!(key = ?key, error = %e, failures, "reconcile failed");
                             } else {
                                 tracing::debug!(key = ?key, error = %e, failures, "reconcile failed again");

@@ -95,6 +95,7 @@ fn start(probe: Probe, backoff: BackoffConfig) -> (Arc<Probe>, QueueHandle<Strin
         concurrency: 4,
         backoff,
         shutdown_grace: Duration::from_secs(5),
+        warn_on_failure: true,
     };
     let controller = Controller::new(Arc::new(TestLoop), probe.clone(), config);
     let queue = controller.queue();

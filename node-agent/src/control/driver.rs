@@ -300,6 +300,8 @@ impl ControlDriver {
                     cap: interval * MAX_BACKOFF_INTERVALS,
                 },
                 shutdown_grace: Duration::from_secs(1),
+                // The session reports its failures in its state and status.
+                warn_on_failure: false,
             },
         );
         controller.queue().enqueue(SessionKey);
