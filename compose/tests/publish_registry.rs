@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fabric_compose::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
 use fabric_compose::inject::fleet_sink;
@@ -114,19 +114,13 @@ const PUBLISHABLE: [(Kind, &str); 4] = [
     (Kind::RolloutPolicy, "careful"),
 ];
 
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut ok: F)
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, ok: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while !ok().await {
-        assert!(
-            start.elapsed() < timeout,
-            "{what}: not reached within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let reached = fabric_testkit::wait_until(timeout, Duration::from_millis(100), ok).await;
+    assert!(reached, "{what}: not reached within {timeout:?}");
 }
 
 async fn record_generation(store: &Arc<dyn Store>, kind: Kind, name: &str) -> Option<i64> {

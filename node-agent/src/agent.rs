@@ -685,10 +685,11 @@ impl Runner {
             return;
         }
         self.dir_root = Some(root);
-        let dir = Directory::from_envelopes(&self.core.envelopes(), now);
+        let envelopes = self.core.envelopes();
+        let dir = Directory::from_envelopes(&envelopes, now);
         if dir == self.dir {
             // A renewed lease can leave the view as it was.
-            self.check_leases(now);
+            self.check_leases(&envelopes, now);
             return;
         }
         for n in dir.nodes.values() {
@@ -708,16 +709,16 @@ impl Runner {
                 .chain(self.cfg.bootstrap.iter().map(|(id, _)| *id)),
         );
         self.dir = dir;
-        self.check_leases(now);
+        self.check_leases(&envelopes, now);
     }
 
     /// Runs lease admission on every lease this node holds; a change in the
     /// outcome is logged once.
-    fn check_leases(&mut self, now: i64) {
+    fn check_leases(&mut self, envelopes: &[gossip::Envelope], now: i64) {
         let checks = crate::leases::check_held_leases(
             &self.cfg.name,
             self.core.admission().trust(),
-            &self.core.envelopes(),
+            envelopes,
             &self.dir,
             now,
         );
