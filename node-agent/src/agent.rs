@@ -5,33 +5,28 @@
 //! One task owns the gossip state; listeners and senders talk to it through
 //! channels, so the sans-IO core needs no locks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fabric::edge::EdgeInventory;
 use fabric::frame::{read_frame, write_frame};
-use fabric::gossip::{self, Gossip, GossipConfig, RecordKey, Snapshot};
+use fabric::gossip::{self, GossipConfig};
 use fabric::identity::NodeIdentity;
-use fabric::path::{PathKind, PeerInfo};
-use fabric::peer_select::{
-    self, LocalNode, PeerCandidate, PeerMetrics, PeerRoles, PlannerConfig, PlannerRanker,
-    ResilienceReport, ResilienceTarget,
-};
+use fabric::path::PathKind;
+use fabric::peer_select::PlannerRanker;
 use fabric::topology::{NodeId, TopologyLabels};
 use fabric::transport::{Transport, TransportConfig};
 use fabric_runtime::QueueHandle;
-use fabric_schemas::kinds::CORE_SERVICES;
-use fabric_schemas::{Envelope as SignedEnvelope, TrustAnchor};
+use fabric_schemas::TrustAnchor;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::admission::RecordAdmission;
-use crate::cache::{self, CacheContent, Loaded, Observation};
-use crate::directory::Directory;
-use crate::registry::{self, ProbeResult, ProbeState, RegistryReport};
+use crate::cache;
+use crate::node_core::{CoreConfig, Effect, LinkView, NodeCore};
+use crate::registry::ProbeResult;
 use crate::status::NodeStatus;
 
 /// The fabric service gossip messages travel on.
@@ -198,66 +193,40 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         })?;
 
     let now = now_ms();
-    let mut admission = RecordAdmission::new(cfg.trust.clone());
     let cache_path = cache::path_in(&cfg.state_dir);
-    let (restored, observations, cache_state) = match cache::load(&cache_path, now) {
-        Loaded::Fresh => (Vec::new(), BTreeMap::new(), "fresh".to_owned()),
-        Loaded::Restored(c) => {
-            let mut envs = Vec::new();
-            for hex_bytes in &c.records {
-                let Ok(bytes) = hex::decode(hex_bytes) else {
-                    continue;
-                };
-                // Re-admit: the trust root may have changed and records may have expired.
-                // The expiry admission reports goes into the snapshot so the core drops
-                // the record when it lapses instead of offering it forever.
-                if let Ok(adm) = admission.check(&bytes, now) {
-                    let env = gossip::Envelope::new(adm.key, adm.generation, bytes);
-                    envs.push((env, adm.expires_at_ms));
-                }
-            }
-            tracing::info!(node = %cfg.name, records = envs.len(), of = c.records.len(), "restored directory from peer cache");
-            let state = format!("restored {} records", envs.len());
-            (envs, c.observations, state)
-        }
-        Loaded::SetAside { reason, moved_to } => {
-            tracing::warn!(
-                node = %cfg.name, %reason, moved_to = %moved_to.display(),
-                "peer cache was corrupt; moved it aside and rebuilding the directory from peers"
-            );
-            (
-                Vec::new(),
-                BTreeMap::new(),
-                format!("corrupt ({reason}); rebuilt from peers"),
-            )
-        }
-    };
-    let seed = u64::from_le_bytes(node_id.0[..8].try_into().unwrap_or([0; 8]));
-    let mut core = Gossip::with_snapshot(
-        node_id,
-        cfg.gossip.clone(),
-        seed,
-        admission,
-        Arc::new(Snapshot::from_admitted(restored)),
+    let core = NodeCore::new(
+        CoreConfig {
+            name: cfg.name.clone(),
+            node_id,
+            local_addr,
+            labels: cfg.labels.clone(),
+            trust: cfg.trust.clone(),
+            bootstrap: cfg.bootstrap.clone(),
+            gossip: cfg.gossip.clone(),
+        },
+        cache::load(&cache_path, now),
+        &cfg.seed_records,
+        ranker,
+        now,
     );
-    for bytes in &cfg.seed_records {
-        if let Err(e) = insert_signed(&mut core, bytes.clone(), now) {
-            tracing::warn!(node = %cfg.name, error = %e, "seed record refused");
-        }
-    }
 
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let initial = NodeStatus::initial(&cfg.name, node_id, local_addr, &cfg.labels, &cache_state);
+    let initial = NodeStatus::initial(
+        &cfg.name,
+        node_id,
+        local_addr,
+        &cfg.labels,
+        core.cache_state(),
+    );
     let (status_tx, status_rx) = watch::channel(initial);
 
     let members = Members::default();
-    members.set(cfg.bootstrap.iter().map(|(id, _)| *id));
     spawn_gossip_listener(&transport, &members, events_tx.clone(), shutdown_rx.clone())?;
     spawn_probe_responder(&transport, &members, cfg.name.clone(), shutdown_rx.clone())?;
 
     // The probe and redial loops run on the shared runtime, keyed per
-    // target, with backoff; the runner only tells them what is wanted.
+    // target, with backoff; the core only says what is wanted.
     let (probe_targets, targets_rx) = watch::channel(BTreeMap::new());
     let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(256);
     let probe_queue = ProbeLoop::spawn(
@@ -277,60 +246,34 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
             }
         });
     }
-    let (planned, planned_rx) = watch::channel(std::collections::BTreeSet::new());
+    let (planned, planned_rx) = watch::channel(BTreeSet::new());
     let redial_queue = RedialLoop::spawn(transport.clone(), planned_rx, shutdown_rx.clone());
 
-    let runner = Runner {
+    let driver = Driver {
         cfg,
-        node_id,
-        local_addr,
         transport: transport.clone(),
         core,
-        dir: Directory::default(),
-        probes: observations
-            .iter()
-            .filter_map(|(name, o)| {
-                let at = o.last_ok_probe_ms?;
-                Some((
-                    name.clone(),
-                    ProbeState {
-                        last: None,
-                        last_ok_ms: Some(at),
-                        rtt_ms: o.rtt_ms,
-                    },
-                ))
-            })
-            .collect(),
-        last_probe: None,
-        observations,
         cache_path,
-        cache_state,
-        dirty: true,
         events: events_tx.clone(),
         status: status_tx,
         edges: EdgeInventory::new(),
         probe_targets,
         probe_queue,
-        ranker,
         members,
-        metrics: PeerMetrics::default(),
-        resilience: None,
         planned,
         redial_queue,
         canonical: watch::channel(Vec::new()).0,
-        dir_root: None,
-        leases: Vec::new(),
     };
-    if runner.cfg.control_session {
+    if driver.cfg.control_session {
         spawn_control_session(
-            &runner.cfg,
+            &driver.cfg,
             &transport,
-            runner.status.subscribe(),
-            runner.canonical.subscribe(),
+            driver.status.subscribe(),
+            driver.canonical.subscribe(),
             shutdown_rx.clone(),
         );
     }
-    let task = tokio::spawn(runner.run(events_rx, shutdown_rx));
+    let task = tokio::spawn(driver.run(events_rx, shutdown_rx));
     Ok(AgentHandle {
         node_id,
         local_addr,
@@ -410,17 +353,6 @@ fn spawn_control_session(
     });
     let interval = cfg.heartbeat_interval;
     tokio::spawn(driver.run(interval, shutdown));
-}
-
-fn insert_signed(
-    core: &mut Gossip<RecordAdmission>,
-    bytes: Vec<u8>,
-    now: u64,
-) -> Result<bool, String> {
-    let signed = SignedEnvelope::decode(&bytes).map_err(|e| e.to_string())?;
-    let key = RecordKey::new(signed.record.kind.code(), signed.record.name.clone());
-    let env = gossip::Envelope::new(key, signed.record.generation, bytes);
-    core.insert_local(env, now).map_err(|r| r.to_string())
 }
 
 /// The nodes allowed to use this node's gossip and probe services: those with a
@@ -543,64 +475,74 @@ fn spawn_probe_responder(
     )
 }
 
-struct Runner {
+/// The thin async driver around [`NodeCore`]: it owns the transport, the
+/// loops and the files, feeds the core its inputs and carries out its effects.
+struct Driver {
     cfg: AgentConfig,
-    node_id: NodeId,
-    local_addr: SocketAddr,
     transport: Transport,
-    core: Gossip<RecordAdmission>,
-    dir: Directory,
-    probes: BTreeMap<String, ProbeState>,
-    last_probe: Option<ProbeResult>,
-    observations: BTreeMap<String, Observation>,
+    core: NodeCore,
     cache_path: PathBuf,
-    cache_state: String,
-    dirty: bool,
     events: mpsc::Sender<Event>,
     status: watch::Sender<NodeStatus>,
     edges: EdgeInventory,
     /// Core-service providers to probe (name -> key), read by the probe loop.
     probe_targets: watch::Sender<BTreeMap<String, NodeId>>,
     probe_queue: QueueHandle<String>,
-    ranker: Arc<PlannerRanker>,
     members: Members,
-    metrics: PeerMetrics,
-    resilience: Option<ResilienceReport>,
     /// The planned peer set, read by the redial loop.
-    planned: watch::Sender<std::collections::BTreeSet<NodeId>>,
+    planned: watch::Sender<BTreeSet<NodeId>>,
     redial_queue: QueueHandle<NodeId>,
     /// The control session's canonical endpoints (signed `control-api`
-    /// record, live providers first), kept current every round.
+    /// record, live providers first).
     canonical: watch::Sender<Vec<fabric_proto::endpoint::ControlEndpoint>>,
-    /// The store's summary root when the directory was last rebuilt.
-    dir_root: Option<u64>,
-    /// The node's admission check of every lease it holds, redone whenever
-    /// the directory is rebuilt.
-    leases: Vec<crate::leases::LeaseCheck>,
 }
 
-impl Runner {
+/// What the core may read of the transport.
+struct TransportView<'a> {
+    transport: &'a Transport,
+    members: &'a Members,
+    edges: &'a EdgeInventory,
+}
+
+impl<'a> TransportView<'a> {
+    fn of(transport: &'a Transport, members: &'a Members, edges: &'a EdgeInventory) -> Self {
+        TransportView {
+            transport,
+            members,
+            edges,
+        }
+    }
+}
+
+impl LinkView for TransportView<'_> {
+    fn path(&self, node: NodeId) -> Option<PathKind> {
+        self.transport.path_to(node)
+    }
+
+    fn rtt(&self, node: NodeId) -> Option<Duration> {
+        self.transport.connection_stats(node).map(|s| s.path.rtt)
+    }
+
+    fn refused_channels(&self) -> u64 {
+        self.members.refused()
+    }
+
+    fn edge_listeners(&self) -> Vec<fabric::edge::EdgeEntry> {
+        self.edges.entries()
+    }
+}
+
+impl Driver {
     async fn run(mut self, mut events: mpsc::Receiver<Event>, mut shutdown: watch::Receiver<bool>) {
         let mut round =
             tokio::time::interval(Duration::from_millis(self.cfg.gossip.round_ms.max(50)));
         round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_save = Instant::now();
-        self.refresh_directory();
+        self.apply();
         loop {
             tokio::select! {
                 _ = round.tick() => {
-                    let now = now_ms();
-                    self.refresh_directory();
-                    let peers = self.gossip_peers();
-                    let out = self.core.tick(now, &peers);
-                    self.send_all(out);
-                    self.probe_core_services();
-                    self.plan_peers();
-                    self.publish_status(now);
-                    if self.dirty && last_save.elapsed() >= Duration::from_secs(1) {
-                        self.save_cache(now);
-                        last_save = Instant::now();
-                    }
+                    let view = TransportView::of(&self.transport, &self.members, &self.edges);
+                    self.core.round(now_ms(), &view);
                 }
                 ev = events.recv() => {
                     let Some(ev) = ev else { break };
@@ -608,380 +550,89 @@ impl Runner {
                 }
                 _ = shutdown.changed() => break,
             }
+            self.apply();
         }
-        self.save_cache(now_ms());
+        self.core.shutdown(now_ms());
+        self.apply();
         tracing::info!(node = %self.cfg.name, "node-agent stopped");
     }
 
     fn on_event(&mut self, ev: Event) {
         let now = now_ms();
+        let view = TransportView::of(&self.transport, &self.members, &self.edges);
         match ev {
-            Event::Gossip(from, payload) => {
-                self.seen(from, now);
-                let out = self.core.handle_datagram(from, &payload, now);
-                if !out.accepted.is_empty() {
-                    self.dirty = true;
-                    self.refresh_directory();
-                }
-                self.send_all(out.outgoing);
-            }
+            Event::Gossip(from, payload) => self.core.on_gossip(from, &payload, now, &view),
             Event::Inject(bytes, reply) => {
-                let r = insert_signed(&mut self.core, bytes, now);
-                if matches!(r, Ok(true)) {
-                    self.dirty = true;
-                    self.refresh_directory();
-                }
-                let _ = reply.send(r);
+                let _ = reply.send(self.core.inject(bytes, now));
             }
-            Event::Probe(p) => {
-                if p.ok {
-                    let id = self.dir.nodes.get(&p.target).map(|n| n.node_id);
-                    if let Some(id) = id {
-                        self.seen(id, p.at_ms);
-                    }
-                    self.last_probe = Some(p.clone());
-                } else if self.last_probe.is_none() {
-                    self.last_probe = Some(p.clone());
+            Event::Probe(p) => self.core.on_probe(p, &view),
+            Event::Sent { to, ok } => self.core.on_sent(to, ok, now, &view),
+        }
+    }
+
+    /// Carries out what the core decided.
+    fn apply(&mut self) {
+        for effect in self.core.take_effects() {
+            match effect {
+                Effect::Send(o) => self.send(o),
+                Effect::SetPeer(id, info) => self.transport.set_peer(id, info),
+                Effect::Members(ids) => self.members.set(ids),
+                Effect::ProbeTargets(t) => {
+                    self.probe_targets.send_replace(t);
                 }
-                if p.ok {
-                    self.observations
-                        .entry(p.target.clone())
-                        .or_default()
-                        .last_ok_probe_ms = Some(p.at_ms);
-                    self.dirty = true;
+                Effect::ProbeNow(name) => {
+                    self.probe_queue.enqueue(name);
                 }
-                self.probes.entry(p.target.clone()).or_default().record(p);
-            }
-            Event::Sent { to, ok } => {
-                if let Some(name) = self.dir.node_by_id(&to).map(|n| n.name.clone()) {
-                    let o = self.observations.entry(name).or_default();
-                    if ok {
-                        o.last_seen_ms = Some(now);
-                    }
-                    o.path = self.transport.path_to(to);
-                    o.rtt_ms = self
-                        .transport
-                        .connection_stats(to)
-                        .map(|s| s.path.rtt.as_millis() as u64);
+                Effect::Planned(p) => {
+                    self.planned.send_replace(p);
+                }
+                Effect::Redial(id) => {
+                    self.redial_queue.enqueue(id);
+                }
+                Effect::Canonical(c) => {
+                    self.canonical.send_replace(c);
+                }
+                Effect::Status(status) => {
+                    let _ = crate::status::write(&self.cfg.state_dir, &status);
+                    let _ = self.status.send(*status);
+                }
+                Effect::SaveCache(content) => {
+                    let ok = match cache::save(&self.cache_path, &content) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(node = %self.cfg.name, error = %e, "peer cache not saved; will retry");
+                            false
+                        }
+                    };
+                    self.core.on_cache_saved(ok);
                 }
             }
         }
     }
 
-    fn seen(&mut self, id: NodeId, at_ms: u64) {
-        if let Some(name) = self.dir.node_by_id(&id).map(|n| n.name.clone()) {
-            let o = self.observations.entry(name).or_default();
-            o.last_seen_ms = Some(at_ms);
-            o.path = self.transport.path_to(id);
-        }
-    }
-
-    fn refresh_directory(&mut self) {
-        let now = (now_ms() / 1000) as i64;
-        // Decoding every envelope is the expensive part: skip it while the
-        // store's summary root is unchanged and nothing has expired since.
-        let root = self.core.root();
-        if self.dir_root == Some(root) && self.dir.next_expiry.is_none_or(|t| now < t) {
-            return;
-        }
-        self.dir_root = Some(root);
-        let envelopes = self.core.envelopes();
-        let dir = Directory::from_envelopes(&envelopes, now);
-        if dir == self.dir {
-            // A renewed lease can leave the view as it was.
-            self.check_leases(&envelopes, now);
-            return;
-        }
-        for n in dir.nodes.values() {
-            if n.node_id != self.node_id {
-                self.transport.set_peer(n.node_id, n.peer_info());
-            }
-        }
-        for (id, addr) in &self.cfg.bootstrap {
-            if dir.node_by_id(id).is_none() {
-                self.transport.set_peer(*id, bootstrap_info(*addr));
-            }
-        }
-        self.members.set(
-            dir.nodes
-                .values()
-                .map(|n| n.node_id)
-                .chain(self.cfg.bootstrap.iter().map(|(id, _)| *id)),
-        );
-        self.dir = dir;
-        self.check_leases(&envelopes, now);
-    }
-
-    /// Runs lease admission on every lease this node holds; a change in the
-    /// outcome is logged once.
-    fn check_leases(&mut self, envelopes: &[gossip::Envelope], now: i64) {
-        let checks = crate::leases::check_held_leases(
-            &self.cfg.name,
-            self.core.admission().trust(),
-            envelopes,
-            &self.dir,
-            now,
-        );
-        for c in &checks {
-            if self.leases.contains(c) {
-                continue;
-            }
-            if c.admitted {
-                tracing::info!(node = %self.cfg.name, lease_id = %c.lease_id, intent = %c.intent, generation = c.intent_generation, phase = %c.phase, "lease admitted by the node's own check");
-            } else {
-                tracing::warn!(node = %self.cfg.name, lease_id = %c.lease_id, intent = %c.intent, generation = c.intent_generation, phase = %c.phase, reason = ?c.reason, detail = ?c.detail, "lease refused by the node's own check");
-            }
-        }
-        self.leases = checks;
-    }
-
-    fn gossip_peers(&mut self) -> Vec<NodeId> {
-        let mut peers: Vec<NodeId> = self
-            .dir
-            .nodes
-            .values()
-            .map(|n| n.node_id)
-            .filter(|id| *id != self.node_id)
-            .collect();
-        for (id, addr) in &self.cfg.bootstrap {
-            if !peers.contains(id) && *id != self.node_id {
-                self.transport.set_peer(*id, bootstrap_info(*addr));
-                peers.push(*id);
-            }
-        }
-        peers
-    }
-
-    fn send_all(&self, out: Vec<gossip::Outgoing>) {
-        for o in out {
-            let transport = self.transport.clone();
-            let events = self.events.clone();
-            tokio::spawn(async move {
-                let fut = async {
-                    let mut ch = transport
-                        .open(o.to, GOSSIP_SERVICE)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    write_frame(&mut ch, &o.payload, gossip::wire::MAX_MESSAGE_BYTES)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    ch.shutdown().await.map_err(|e| e.to_string())
-                };
-                let ok = match tokio::time::timeout(Duration::from_secs(10), fut).await {
-                    Ok(Ok(())) => true,
-                    Ok(Err(e)) => {
-                        tracing::debug!(to = %o.to.short(), error = %e, "gossip send failed");
-                        false
-                    }
-                    Err(_) => false,
-                };
-                let _ = events.send(Event::Sent { to: o.to, ok }).await;
-            });
-        }
-    }
-
-    /// Tells the probe loop which providers to probe; a provider new to it
-    /// is enqueued once (the loop requeues or backs off on its own).
-    fn probe_core_services(&mut self) {
-        let mut targets = BTreeMap::new();
-        for s in CORE_SERVICES {
-            if let Some(entry) = self.dir.services.get(s) {
-                for p in &entry.spec.providers {
-                    if let Some(node) = self.dir.nodes.get(p) {
-                        targets.insert(p.clone(), node.node_id);
-                    }
-                }
-            }
-        }
-        let known = self.probe_targets.borrow().clone();
-        if known == targets {
-            return;
-        }
-        for name in targets.keys() {
-            if !known.contains_key(name) {
-                self.probe_queue.enqueue(name.clone());
-            }
-        }
-        self.probe_targets.send_replace(targets);
-    }
-
-    /// Feeds the planner what the transport has ready, computes the seed's P3
-    /// metrics and keeps the planned peers connected.
-    fn plan_peers(&mut self) {
-        let mut candidates = Vec::new();
-        for n in self
-            .dir
-            .nodes
-            .values()
-            .filter(|n| n.node_id != self.node_id)
-        {
-            let path = self.transport.path_to(n.node_id);
-            let rtt = self
-                .transport
-                .connection_stats(n.node_id)
-                .map(|s| s.path.rtt);
-            self.ranker.update(|o| {
-                let peer = o.peers.entry(n.node_id).or_default();
-                for e in peer.endpoints.values_mut() {
-                    e.direct_ready = false;
-                }
-                peer.relay_ready_via = None;
-                match path {
-                    Some(PathKind::Direct { addr }) => o.record_direct_ready(n.node_id, addr, rtt),
-                    Some(PathKind::Relayed { via }) => o.record_relay_ready(n.node_id, via),
-                    None => {}
-                }
-            });
-            let info = n.peer_info();
-            candidates.push(PeerCandidate {
-                id: n.node_id,
-                labels: info.labels,
-                endpoints: info.candidates,
-                roles: PeerRoles {
-                    is_relay: info.is_relay,
-                    is_ingress: n
-                        .spec
-                        .roles
-                        .contains(&fabric_schemas::kinds::NodeRole::Ingress),
-                },
-                critical: n.spec.critical,
-            });
-        }
-        let local = LocalNode {
-            id: self.node_id,
-            labels: self.cfg.labels.clone(),
-        };
-        let plan = match peer_select::plan(
-            &local,
-            &candidates,
-            &self.ranker.observations(),
-            &PlannerConfig::default(),
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(node = %self.cfg.name, error = %e, "peer plan failed");
-                return;
-            }
-        };
-        self.metrics = plan.metrics;
-        self.resilience = self.dir.nodes.get(&self.cfg.name).and_then(|me| {
-            let t = me
-                .spec
-                .resilience_target
-                .as_ref()
-                .filter(|_| me.spec.critical)?;
-            let target = ResilienceTarget {
-                external_area_ready_count: t.external_area_ready_count,
-                recovery_path_count: t.recovery_path_count,
-                direct_ready_count: t.direct_ready_count,
-                relay_ready_count: t.relay_ready_count,
-                independent_ingress_ready_count: t.independent_ingress_ready_count,
+    fn send(&self, o: gossip::Outgoing) {
+        let transport = self.transport.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let fut = async {
+                let mut ch = transport
+                    .open(o.to, GOSSIP_SERVICE)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                write_frame(&mut ch, &o.payload, gossip::wire::MAX_MESSAGE_BYTES)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ch.shutdown().await.map_err(|e| e.to_string())
             };
-            Some(peer_select::evaluate(&target, &self.metrics))
-        });
-        // Keep the planned peer set connected: the redial loop dials what is
-        // planned but not up, backing off per peer.
-        let planned: std::collections::BTreeSet<NodeId> = plan
-            .direct_peers()
-            .into_iter()
-            .chain(plan.relay_peers())
-            .collect();
-        for id in &planned {
-            if self.transport.path_to(*id).is_none() {
-                self.redial_queue.enqueue(*id);
-            }
-        }
-        self.planned.send_if_modified(|p| {
-            let changed = *p != planned;
-            *p = planned;
-            changed
+            let ok = match tokio::time::timeout(Duration::from_secs(10), fut).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::debug!(to = %o.to.short(), error = %e, "gossip send failed");
+                    false
+                }
+                Err(_) => false,
+            };
+            let _ = events.send(Event::Sent { to: o.to, ok }).await;
         });
     }
-
-    fn registry(&self, now: u64) -> RegistryReport {
-        registry::report(&self.dir, &self.probes, self.last_probe.as_ref(), now)
-    }
-
-    fn publish_status(&mut self, now: u64) {
-        let stats = self.core.stats();
-        let mut gossip_rejections = BTreeMap::new();
-        for r in gossip::RejectReason::ALL {
-            let n = stats.rejected(r);
-            if n > 0 {
-                gossip_rejections.insert(r.label().to_owned(), n);
-            }
-        }
-        let status = NodeStatus {
-            name: self.cfg.name.clone(),
-            node_id: self.node_id.to_string(),
-            listen: self.local_addr.to_string(),
-            area: self.cfg.labels.area.clone(),
-            site_id: self.cfg.labels.site_id.clone(),
-            nat_group: self.cfg.labels.nat_group.clone(),
-            directory_records: self.dir.records,
-            directory_nodes: self.dir.nodes.len(),
-            directory_services: self.dir.services.len(),
-            directory_conflicts: self.dir.conflicts.clone(),
-            registry: self.registry(now),
-            rejections: self
-                .core
-                .admission()
-                .rejections()
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), *v))
-                .collect(),
-            gossip_rejections,
-            gossip_accepted: stats.accepted,
-            peer_cache: self.cache_state.clone(),
-            observations: self.observations.clone(),
-            edge_listeners: self.edges.entries(),
-            peer_metrics: self.metrics,
-            refused_channels: self.members.refused(),
-            resilience: self.resilience.clone(),
-            leases: self.leases.clone(),
-            updated_ms: now,
-        };
-        let preferred = status
-            .registry
-            .resolved_core_services
-            .get(fabric_proto::endpoint::CONTROL_API_SERVICE)
-            .cloned()
-            .unwrap_or_default();
-        self.canonical.send_if_modified(|c| {
-            let next = crate::control::canonical_from_directory(&self.dir, &preferred);
-            let changed = *c != next;
-            *c = next;
-            changed
-        });
-        let _ = crate::status::write(&self.cfg.state_dir, &status);
-        let _ = self.status.send(status);
-    }
-
-    fn save_cache(&mut self, now: u64) {
-        let now_s = (now / 1000) as i64;
-        let records = self
-            .core
-            .envelopes()
-            .into_iter()
-            .filter(|e| {
-                // Expired records are swept rather than carried across a restart.
-                SignedEnvelope::decode(&e.bytes).is_ok_and(|s| s.record.expires_at > now_s)
-            })
-            .map(|e| hex::encode(&e.bytes))
-            .collect();
-        let content = CacheContent {
-            records,
-            observations: self.observations.clone(),
-        };
-        match cache::save(&self.cache_path, &content) {
-            Ok(()) => self.dirty = false,
-            Err(e) => {
-                tracing::warn!(node = %self.cfg.name, error = %e, "peer cache not saved; will retry")
-            }
-        }
-    }
-}
-
-fn bootstrap_info(addr: SocketAddr) -> PeerInfo {
-    PeerInfo::public(addr)
 }

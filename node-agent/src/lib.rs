@@ -6,7 +6,9 @@
 //! services and reports its registry status (`missing`, `candidate_only`,
 //! `active`).
 //!
-//! - [`agent`]: the runtime ([`agent::start`]).
+//! - [`agent`]: the async driver ([`agent::start`]).
+//! - [`node_core`]: the sans-IO node core the driver runs.
+//! - [`sim`]: a deterministic simulator of fleets of node cores.
 //! - [`admission`]: gossip admission backed by `fabric_schemas::accept`.
 //! - [`directory`]: the fleet view derived from admitted records.
 //! - [`leases`]: the node's own admission check of the leases it holds.
@@ -23,7 +25,9 @@ pub mod control;
 pub mod directory;
 pub mod leases;
 pub mod loops;
+pub mod node_core;
 pub mod registry;
+pub mod sim;
 pub mod status;
 
 pub use agent::{start, AgentConfig, AgentHandle};

@@ -97,6 +97,10 @@ const SANS_IO_CORES: &[&str] = &[
     "fabric/src/peer_select",
     "reconciler/src/rollout",
     "node-agent/src/control/decide.rs",
+    "node-agent/src/node_core.rs",
+    "node-agent/src/sim.rs",
+    "node-agent/src/directory.rs",
+    "node-agent/src/admission.rs",
     "node-agent/src/leases.rs",
     "node-agent/src/registry.rs",
 ];

@@ -1,0 +1,634 @@
+//! The node's sans-IO core: everything a node-agent decides, with no socket,
+//! file, clock or task in it.
+//!
+//! [`NodeCore`] owns the gossip state, the directory view, probe outcomes,
+//! observations, the peer plan and the lease checks. It takes inputs (a
+//! gossip round is due, a gossip message arrived, a probe answered, a send
+//! finished, a record is injected) together with `now` and a read-only
+//! [`LinkView`] of what the transport holds, and returns [`Effect`]s: send
+//! this gossip message, tell the transport about this peer, probe these
+//! providers, keep these peers connected, publish this status, save this
+//! cache. The async driver in [`crate::agent`] carries effects out; the
+//! deterministic simulator in [`crate::sim`] carries them out in memory, so
+//! whole fleets of cores can be run, seeded and replayed in a test.
+//!
+//! The core never imports tokio, quinn or `std::fs` (the architecture test
+//! checks it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fabric::edge::EdgeEntry;
+use fabric::gossip::{self, Gossip, GossipConfig, RecordKey, Snapshot};
+use fabric::path::{PathKind, PeerInfo};
+use fabric::peer_select::{
+    self, LocalNode, PeerCandidate, PeerMetrics, PeerRoles, PlannerConfig, PlannerRanker,
+    ResilienceReport, ResilienceTarget,
+};
+use fabric::topology::{NodeId, TopologyLabels};
+use fabric_proto::endpoint::ControlEndpoint;
+use fabric_schemas::kinds::CORE_SERVICES;
+use fabric_schemas::{Envelope as SignedEnvelope, TrustAnchor};
+
+use crate::admission::RecordAdmission;
+use crate::cache::{CacheContent, Loaded, Observation};
+use crate::directory::Directory;
+use crate::leases::LeaseCheck;
+use crate::registry::{self, ProbeResult, ProbeState, RegistryReport};
+use crate::status::NodeStatus;
+
+/// A dirty peer cache is saved at most this often.
+pub const CACHE_SAVE_INTERVAL_MS: u64 = 1_000;
+
+/// What the core needs to start.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub name: String,
+    pub node_id: NodeId,
+    pub local_addr: SocketAddr,
+    pub labels: TopologyLabels,
+    pub trust: TrustAnchor,
+    /// Peers to contact before the directory knows anyone.
+    pub bootstrap: Vec<(NodeId, SocketAddr)>,
+    pub gossip: GossipConfig,
+}
+
+/// What the transport holds right now, as the core may read it.
+pub trait LinkView {
+    /// The path of the live connection to `node`, if any.
+    fn path(&self, node: NodeId) -> Option<PathKind>;
+    /// Smoothed RTT of the live connection to `node`, if any.
+    fn rtt(&self, node: NodeId) -> Option<Duration>;
+    /// Gossip and probe channels refused at the door so far.
+    fn refused_channels(&self) -> u64;
+    /// The node's TCP edge listeners.
+    fn edge_listeners(&self) -> Vec<EdgeEntry>;
+}
+
+/// Something the driver must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Send one gossip message on a fresh `gossip` channel; report the outcome
+    /// with [`NodeCore::on_sent`].
+    Send(gossip::Outgoing),
+    /// Tell the transport how to reach a peer.
+    SetPeer(NodeId, PeerInfo),
+    /// The nodes allowed to use this node's gossip and probe services.
+    Members(BTreeSet<NodeId>),
+    /// The core-service providers to probe (provider name -> key).
+    ProbeTargets(BTreeMap<String, NodeId>),
+    /// Probe this provider now (it is new to the probe loop).
+    ProbeNow(String),
+    /// The planned peer set to keep connected.
+    Planned(BTreeSet<NodeId>),
+    /// Dial this planned peer (it has no path).
+    Redial(NodeId),
+    /// The control session's canonical endpoints changed.
+    Canonical(Vec<ControlEndpoint>),
+    /// Publish this status (status.json, the status watch).
+    Status(Box<NodeStatus>),
+    /// Persist this peer cache; report the outcome with
+    /// [`NodeCore::on_cache_saved`].
+    SaveCache(CacheContent),
+}
+
+/// The node's decisions, with no I/O. See the module docs.
+pub struct NodeCore {
+    cfg: CoreConfig,
+    gossip: Gossip<RecordAdmission>,
+    dir: Directory,
+    /// The store's summary root when the directory was last rebuilt.
+    dir_root: Option<u64>,
+    probes: BTreeMap<String, ProbeState>,
+    last_probe: Option<ProbeResult>,
+    observations: BTreeMap<String, Observation>,
+    cache_state: String,
+    dirty: bool,
+    last_save_ms: Option<u64>,
+    ranker: Arc<PlannerRanker>,
+    members: BTreeSet<NodeId>,
+    probe_targets: BTreeMap<String, NodeId>,
+    planned: BTreeSet<NodeId>,
+    canonical: Vec<ControlEndpoint>,
+    metrics: PeerMetrics,
+    resilience: Option<ResilienceReport>,
+    leases: Vec<LeaseCheck>,
+    status: Option<NodeStatus>,
+    out: Vec<Effect>,
+}
+
+impl NodeCore {
+    /// Builds the core from the loaded peer cache (every cached record is
+    /// re-admitted: the trust root may have changed and records may have
+    /// expired) and the seed records. `ranker` is shared with the transport,
+    /// which reads it to order endpoints; the core writes what it observes.
+    pub fn new(
+        cfg: CoreConfig,
+        loaded: Loaded,
+        seed_records: &[Vec<u8>],
+        ranker: Arc<PlannerRanker>,
+        now_ms: u64,
+    ) -> NodeCore {
+        let mut admission = RecordAdmission::new(cfg.trust.clone());
+        let (restored, observations, cache_state) = match loaded {
+            Loaded::Fresh => (Vec::new(), BTreeMap::new(), "fresh".to_owned()),
+            Loaded::Restored(c) => {
+                let mut envs = Vec::new();
+                for hex_bytes in &c.records {
+                    let Ok(bytes) = hex::decode(hex_bytes) else {
+                        continue;
+                    };
+                    // The expiry admission reports goes into the snapshot so the
+                    // core drops the record when it lapses instead of offering it
+                    // forever.
+                    if let Ok(adm) = admission.check(&bytes, now_ms) {
+                        let env = gossip::Envelope::new(adm.key, adm.generation, bytes);
+                        envs.push((env, adm.expires_at_ms));
+                    }
+                }
+                tracing::info!(node = %cfg.name, records = envs.len(), of = c.records.len(), "restored directory from peer cache");
+                let state = format!("restored {} records", envs.len());
+                (envs, c.observations, state)
+            }
+            Loaded::SetAside { reason, moved_to } => {
+                tracing::warn!(
+                    node = %cfg.name, %reason, moved_to = %moved_to.display(),
+                    "peer cache was corrupt; moved it aside and rebuilding the directory from peers"
+                );
+                (
+                    Vec::new(),
+                    BTreeMap::new(),
+                    format!("corrupt ({reason}); rebuilt from peers"),
+                )
+            }
+        };
+        let seed = u64::from_le_bytes(cfg.node_id.0[..8].try_into().unwrap_or([0; 8]));
+        let mut gossip = Gossip::with_snapshot(
+            cfg.node_id,
+            cfg.gossip.clone(),
+            seed,
+            admission,
+            Arc::new(Snapshot::from_admitted(restored)),
+        );
+        for bytes in seed_records {
+            if let Err(e) = insert_signed(&mut gossip, bytes.clone(), now_ms) {
+                tracing::warn!(node = %cfg.name, error = %e, "seed record refused");
+            }
+        }
+        let probes = observations
+            .iter()
+            .filter_map(|(name, o)| {
+                let at = o.last_ok_probe_ms?;
+                Some((
+                    name.clone(),
+                    ProbeState {
+                        last: None,
+                        last_ok_ms: Some(at),
+                        rtt_ms: o.rtt_ms,
+                    },
+                ))
+            })
+            .collect();
+        let mut core = NodeCore {
+            cfg,
+            gossip,
+            dir: Directory::default(),
+            dir_root: None,
+            probes,
+            last_probe: None,
+            observations,
+            cache_state,
+            dirty: true,
+            last_save_ms: None,
+            ranker,
+            members: BTreeSet::new(),
+            probe_targets: BTreeMap::new(),
+            planned: BTreeSet::new(),
+            canonical: Vec::new(),
+            metrics: PeerMetrics::default(),
+            resilience: None,
+            leases: Vec::new(),
+            status: None,
+            out: Vec::new(),
+        };
+        for (id, addr) in core.cfg.bootstrap.clone() {
+            if id != core.cfg.node_id {
+                core.out.push(Effect::SetPeer(id, PeerInfo::public(addr)));
+            }
+        }
+        core.set_members(core.cfg.bootstrap.iter().map(|(id, _)| *id).collect());
+        core.refresh_directory(now_ms);
+        core
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.cfg.node_id
+    }
+
+    /// How the peer cache was found at start (`fresh`, `restored N records`,
+    /// `corrupt (...)`).
+    pub fn cache_state(&self) -> &str {
+        &self.cache_state
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// The directory view as of the last rebuild.
+    pub fn directory(&self) -> &Directory {
+        &self.dir
+    }
+
+    /// Records held.
+    pub fn record_count(&self) -> usize {
+        self.gossip.len()
+    }
+
+    /// The status last published.
+    pub fn status(&self) -> Option<&NodeStatus> {
+        self.status.as_ref()
+    }
+
+    /// Effects decided since the last call.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// One gossip round: rebuild the directory if records changed, start the
+    /// round's exchanges, update the probe targets and the peer plan, publish
+    /// status, and save the cache when it is dirty and due.
+    pub fn round(&mut self, now_ms: u64, links: &dyn LinkView) {
+        self.refresh_directory(now_ms);
+        let peers = self.gossip_peers();
+        let sends = self.gossip.tick(now_ms, &peers);
+        self.out.extend(sends.into_iter().map(Effect::Send));
+        self.probe_core_services();
+        self.plan_peers(links);
+        self.publish_status(now_ms, links);
+        let due = self
+            .last_save_ms
+            .is_none_or(|t| now_ms.saturating_sub(t) >= CACHE_SAVE_INTERVAL_MS);
+        if self.dirty && due {
+            self.save_cache(now_ms);
+        }
+    }
+
+    /// A gossip message from `from` (whose NodeId the transport verified).
+    pub fn on_gossip(&mut self, from: NodeId, payload: &[u8], now_ms: u64, links: &dyn LinkView) {
+        self.seen(from, now_ms, links);
+        let out = self.gossip.handle_datagram(from, payload, now_ms);
+        if !out.accepted.is_empty() {
+            self.dirty = true;
+            self.refresh_directory(now_ms);
+        }
+        self.out.extend(out.outgoing.into_iter().map(Effect::Send));
+    }
+
+    /// Admits a signed envelope as the control plane would hand it to this
+    /// node. `Ok(true)` if it was new.
+    pub fn inject(&mut self, bytes: Vec<u8>, now_ms: u64) -> Result<bool, String> {
+        let r = insert_signed(&mut self.gossip, bytes, now_ms);
+        if matches!(r, Ok(true)) {
+            self.dirty = true;
+            self.refresh_directory(now_ms);
+        }
+        r
+    }
+
+    /// A probe of a core-service provider finished.
+    pub fn on_probe(&mut self, p: ProbeResult, links: &dyn LinkView) {
+        if p.ok {
+            let id = self.dir.nodes.get(&p.target).map(|n| n.node_id);
+            if let Some(id) = id {
+                self.seen(id, p.at_ms, links);
+            }
+            self.last_probe = Some(p.clone());
+            self.observations
+                .entry(p.target.clone())
+                .or_default()
+                .last_ok_probe_ms = Some(p.at_ms);
+            self.dirty = true;
+        } else if self.last_probe.is_none() {
+            self.last_probe = Some(p.clone());
+        }
+        self.probes.entry(p.target.clone()).or_default().record(p);
+    }
+
+    /// A [`Effect::Send`] finished.
+    pub fn on_sent(&mut self, to: NodeId, ok: bool, now_ms: u64, links: &dyn LinkView) {
+        if let Some(name) = self.dir.node_by_id(&to).map(|n| n.name.clone()) {
+            let o = self.observations.entry(name).or_default();
+            if ok {
+                o.last_seen_ms = Some(now_ms);
+            }
+            o.path = links.path(to);
+            o.rtt_ms = links.rtt(to).map(|d| d.as_millis() as u64);
+        }
+    }
+
+    /// A [`Effect::SaveCache`] finished.
+    pub fn on_cache_saved(&mut self, ok: bool) {
+        if ok {
+            self.dirty = false;
+        }
+    }
+
+    /// The node is stopping: a last save of the cache.
+    pub fn shutdown(&mut self, now_ms: u64) {
+        self.save_cache(now_ms);
+    }
+
+    fn seen(&mut self, id: NodeId, at_ms: u64, links: &dyn LinkView) {
+        if let Some(name) = self.dir.node_by_id(&id).map(|n| n.name.clone()) {
+            let o = self.observations.entry(name).or_default();
+            o.last_seen_ms = Some(at_ms);
+            o.path = links.path(id);
+        }
+    }
+
+    fn set_members(&mut self, members: BTreeSet<NodeId>) {
+        if members != self.members {
+            self.members = members.clone();
+            self.out.push(Effect::Members(members));
+        }
+    }
+
+    fn refresh_directory(&mut self, now_ms: u64) {
+        let now = (now_ms / 1000) as i64;
+        // Decoding every envelope is the expensive part: skip it while the
+        // store's summary root is unchanged and nothing has expired since.
+        let root = self.gossip.root();
+        if self.dir_root == Some(root) && self.dir.next_expiry.is_none_or(|t| now < t) {
+            return;
+        }
+        self.dir_root = Some(root);
+        let envelopes = self.gossip.envelopes();
+        let dir = Directory::from_envelopes(&envelopes, now);
+        if dir == self.dir {
+            // A renewed lease can leave the view as it was.
+            self.check_leases(&envelopes, now);
+            return;
+        }
+        for n in dir.nodes.values() {
+            if n.node_id != self.cfg.node_id {
+                self.out.push(Effect::SetPeer(n.node_id, n.peer_info()));
+            }
+        }
+        for (id, addr) in &self.cfg.bootstrap {
+            if dir.node_by_id(id).is_none() && *id != self.cfg.node_id {
+                self.out.push(Effect::SetPeer(*id, PeerInfo::public(*addr)));
+            }
+        }
+        let members = dir
+            .nodes
+            .values()
+            .map(|n| n.node_id)
+            .chain(self.cfg.bootstrap.iter().map(|(id, _)| *id))
+            .collect();
+        self.set_members(members);
+        self.dir = dir;
+        self.check_leases(&envelopes, now);
+    }
+
+    /// Runs lease admission on every lease this node holds; a change in the
+    /// outcome is logged once.
+    fn check_leases(&mut self, envelopes: &[gossip::Envelope], now: i64) {
+        let checks = crate::leases::check_held_leases(
+            &self.cfg.name,
+            self.gossip.admission().trust(),
+            envelopes,
+            &self.dir,
+            now,
+        );
+        for c in &checks {
+            if self.leases.contains(c) {
+                continue;
+            }
+            if c.admitted {
+                tracing::info!(node = %self.cfg.name, lease_id = %c.lease_id, intent = %c.intent, generation = c.intent_generation, phase = %c.phase, "lease admitted by the node's own check");
+            } else {
+                tracing::warn!(node = %self.cfg.name, lease_id = %c.lease_id, intent = %c.intent, generation = c.intent_generation, phase = %c.phase, reason = ?c.reason, detail = ?c.detail, "lease refused by the node's own check");
+            }
+        }
+        self.leases = checks;
+    }
+
+    fn gossip_peers(&self) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> = self
+            .dir
+            .nodes
+            .values()
+            .map(|n| n.node_id)
+            .filter(|id| *id != self.cfg.node_id)
+            .collect();
+        for (id, _) in &self.cfg.bootstrap {
+            if !peers.contains(id) && *id != self.cfg.node_id {
+                peers.push(*id);
+            }
+        }
+        peers
+    }
+
+    /// Tells the probe loop which providers to probe; a provider new to it
+    /// is probed at once (the loop requeues or backs off on its own).
+    fn probe_core_services(&mut self) {
+        let mut targets = BTreeMap::new();
+        for s in CORE_SERVICES {
+            if let Some(entry) = self.dir.services.get(s) {
+                for p in &entry.spec.providers {
+                    if let Some(node) = self.dir.nodes.get(p) {
+                        targets.insert(p.clone(), node.node_id);
+                    }
+                }
+            }
+        }
+        if self.probe_targets == targets {
+            return;
+        }
+        for name in targets.keys() {
+            if !self.probe_targets.contains_key(name) {
+                self.out.push(Effect::ProbeNow(name.clone()));
+            }
+        }
+        self.probe_targets = targets.clone();
+        self.out.push(Effect::ProbeTargets(targets));
+    }
+
+    /// Feeds the planner what the transport has ready, computes the seed's P3
+    /// metrics and keeps the planned peers connected.
+    fn plan_peers(&mut self, links: &dyn LinkView) {
+        let mut candidates = Vec::new();
+        for n in self
+            .dir
+            .nodes
+            .values()
+            .filter(|n| n.node_id != self.cfg.node_id)
+        {
+            let path = links.path(n.node_id);
+            let rtt = links.rtt(n.node_id);
+            self.ranker.update(|o| {
+                let peer = o.peers.entry(n.node_id).or_default();
+                for e in peer.endpoints.values_mut() {
+                    e.direct_ready = false;
+                }
+                peer.relay_ready_via = None;
+                match path {
+                    Some(PathKind::Direct { addr }) => o.record_direct_ready(n.node_id, addr, rtt),
+                    Some(PathKind::Relayed { via }) => o.record_relay_ready(n.node_id, via),
+                    None => {}
+                }
+            });
+            let info = n.peer_info();
+            candidates.push(PeerCandidate {
+                id: n.node_id,
+                labels: info.labels,
+                endpoints: info.candidates,
+                roles: PeerRoles {
+                    is_relay: info.is_relay,
+                    is_ingress: n
+                        .spec
+                        .roles
+                        .contains(&fabric_schemas::kinds::NodeRole::Ingress),
+                },
+                critical: n.spec.critical,
+            });
+        }
+        let local = LocalNode {
+            id: self.cfg.node_id,
+            labels: self.cfg.labels.clone(),
+        };
+        let plan = match peer_select::plan(
+            &local,
+            &candidates,
+            &self.ranker.observations(),
+            &PlannerConfig::default(),
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(node = %self.cfg.name, error = %e, "peer plan failed");
+                return;
+            }
+        };
+        self.metrics = plan.metrics;
+        self.resilience = self.dir.nodes.get(&self.cfg.name).and_then(|me| {
+            let t = me
+                .spec
+                .resilience_target
+                .as_ref()
+                .filter(|_| me.spec.critical)?;
+            let target = ResilienceTarget {
+                external_area_ready_count: t.external_area_ready_count,
+                recovery_path_count: t.recovery_path_count,
+                direct_ready_count: t.direct_ready_count,
+                relay_ready_count: t.relay_ready_count,
+                independent_ingress_ready_count: t.independent_ingress_ready_count,
+            };
+            Some(peer_select::evaluate(&target, &self.metrics))
+        });
+        let planned: BTreeSet<NodeId> = plan
+            .direct_peers()
+            .into_iter()
+            .chain(plan.relay_peers())
+            .collect();
+        for id in &planned {
+            if links.path(*id).is_none() {
+                self.out.push(Effect::Redial(*id));
+            }
+        }
+        if planned != self.planned {
+            self.planned = planned.clone();
+            self.out.push(Effect::Planned(planned));
+        }
+    }
+
+    fn registry(&self, now_ms: u64) -> RegistryReport {
+        registry::report(&self.dir, &self.probes, self.last_probe.as_ref(), now_ms)
+    }
+
+    fn publish_status(&mut self, now_ms: u64, links: &dyn LinkView) {
+        let stats = self.gossip.stats();
+        let mut gossip_rejections = BTreeMap::new();
+        for r in gossip::RejectReason::ALL {
+            let n = stats.rejected(r);
+            if n > 0 {
+                gossip_rejections.insert(r.label().to_owned(), n);
+            }
+        }
+        let status = NodeStatus {
+            name: self.cfg.name.clone(),
+            node_id: self.cfg.node_id.to_string(),
+            listen: self.cfg.local_addr.to_string(),
+            area: self.cfg.labels.area.clone(),
+            site_id: self.cfg.labels.site_id.clone(),
+            nat_group: self.cfg.labels.nat_group.clone(),
+            directory_records: self.dir.records,
+            directory_nodes: self.dir.nodes.len(),
+            directory_services: self.dir.services.len(),
+            directory_conflicts: self.dir.conflicts.clone(),
+            registry: self.registry(now_ms),
+            rejections: self
+                .gossip
+                .admission()
+                .rejections()
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            gossip_rejections,
+            gossip_accepted: stats.accepted,
+            peer_cache: self.cache_state.clone(),
+            observations: self.observations.clone(),
+            edge_listeners: links.edge_listeners(),
+            peer_metrics: self.metrics,
+            refused_channels: links.refused_channels(),
+            resilience: self.resilience.clone(),
+            leases: self.leases.clone(),
+            updated_ms: now_ms,
+        };
+        let preferred = status
+            .registry
+            .resolved_core_services
+            .get(fabric_proto::endpoint::CONTROL_API_SERVICE)
+            .cloned()
+            .unwrap_or_default();
+        let canonical = crate::control::canonical_from_directory(&self.dir, &preferred);
+        if canonical != self.canonical {
+            self.canonical = canonical.clone();
+            self.out.push(Effect::Canonical(canonical));
+        }
+        self.status = Some(status.clone());
+        self.out.push(Effect::Status(Box::new(status)));
+    }
+
+    fn save_cache(&mut self, now_ms: u64) {
+        let now_s = (now_ms / 1000) as i64;
+        let records = self
+            .gossip
+            .envelopes()
+            .into_iter()
+            .filter(|e| {
+                // Expired records are swept rather than carried across a restart.
+                SignedEnvelope::decode(&e.bytes).is_ok_and(|s| s.record.expires_at > now_s)
+            })
+            .map(|e| hex::encode(&e.bytes))
+            .collect();
+        self.last_save_ms = Some(now_ms);
+        self.out.push(Effect::SaveCache(CacheContent {
+            records,
+            observations: self.observations.clone(),
+        }));
+    }
+}
+
+fn insert_signed(
+    gossip: &mut Gossip<RecordAdmission>,
+    bytes: Vec<u8>,
+    now_ms: u64,
+) -> Result<bool, String> {
+    let signed = SignedEnvelope::decode(&bytes).map_err(|e| e.to_string())?;
+    let key = RecordKey::new(signed.record.kind.code(), signed.record.name.clone());
+    let env = gossip::Envelope::new(key, signed.record.generation, bytes);
+    gossip.insert_local(env, now_ms).map_err(|r| r.to_string())
+}
