@@ -33,14 +33,18 @@ pub const ELECTION: &str = "fabric-reconciler";
 pub struct ControlPlaneConfig {
     /// This replica's name in the election (host name + pid by default in the binary).
     pub holder: String,
+    /// How long a leadership lasts without renewal.
     pub lease_ttl: Duration,
     /// `None`: no folder source (objects come through the Control API only).
     pub gitops: Option<GitOpsConfig>,
+    /// How records are signed and published.
     pub publish: PublishConfig,
+    /// Concurrency, backoff and shutdown of the publishing loop.
     pub runtime: ControllerConfig,
 }
 
 impl ControlPlaneConfig {
+    /// Defaults for `holder`: a 15 s lease, no folder source.
     pub fn new(holder: impl Into<String>) -> Self {
         ControlPlaneConfig {
             holder: holder.into(),
@@ -52,8 +56,10 @@ impl ControlPlaneConfig {
     }
 }
 
+/// Why a replica stopped working.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {
+    /// The GitOps source failed.
     #[error(transparent)]
     Source(#[from] SourceError),
 }
@@ -71,6 +77,7 @@ pub struct ReplicaState {
 
 /// The rollout driver a leader runs next to publishing.
 pub struct RolloutLoop {
+    /// The driver to tick.
     pub orchestrator: Orchestrator,
     /// Time between ticks. Each tick is level-triggered and writes nothing
     /// when nothing changed, so a short interval only costs store reads.
@@ -81,6 +88,7 @@ impl RolloutLoop {
     /// Default tick interval (`--rollout-interval`).
     pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
+    /// A loop ticking `orchestrator` every [`Self::DEFAULT_INTERVAL`].
     pub fn new(orchestrator: Orchestrator) -> Self {
         RolloutLoop {
             orchestrator,
@@ -100,6 +108,7 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// A replica over `store`, publishing through `sink` with records signed by `signer`.
     pub fn new(
         store: Arc<dyn Store>,
         signer: Signer,
@@ -124,6 +133,7 @@ impl ControlPlane {
         self
     }
 
+    /// Watches what the replica is doing.
     pub fn state(&self) -> watch::Receiver<ReplicaState> {
         self.state.subscribe()
     }

@@ -52,6 +52,7 @@ async fn doc(w: &World) -> (RolloutDoc, u64) {
 
 // ---- cases run on both backends ---------------------------------------------
 
+/// A restarted driver continues with the same leases and progress, and the rollout completes.
 pub async fn restart_mid_rollout_keeps_leases_and_progress(w: &mut World) {
     let nodes = w.nodes(&["alpha", "beta", "gamma"], 2).await;
     w.policy(rolling(2, 2)).await;
@@ -127,6 +128,7 @@ pub async fn restart_mid_rollout_keeps_leases_and_progress(w: &mut World) {
     panic!("rollout did not complete within 10 rounds");
 }
 
+/// A pause stops new leases; a resume continues the rollout.
 pub async fn pause_stops_new_leases_and_resume_continues(w: &mut World) {
     let nodes = w.nodes(&["alpha", "beta"], 3).await;
     w.policy(rolling(2, 2)).await;
@@ -183,6 +185,7 @@ pub async fn pause_stops_new_leases_and_resume_continues(w: &mut World) {
     );
 }
 
+/// An abort revokes every outstanding lease and grants none after.
 pub async fn abort_revokes_outstanding_leases(w: &mut World) {
     let nodes = w.nodes(&["alpha", "beta"], 3).await;
     w.policy(rolling(2, 2)).await;

@@ -13,7 +13,9 @@ use fabric_reconciler::store::{EmbeddedStore, PostgresConfig, PostgresStore, Sto
 /// Which backend a harness runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    /// The redb-file store.
     Embedded,
+    /// PostgreSQL, from `FABRIC_PG_URL`.
     Postgres,
 }
 
@@ -63,14 +65,17 @@ impl Harness {
         }
     }
 
+    /// The backend this harness runs.
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
+    /// Embedded: the store file (empty for PostgreSQL).
     pub fn path(&self) -> &PathBuf {
         &self.path
     }
 
+    /// PostgreSQL: this test's config (`None` for the embedded store).
     pub fn pg_config(&self) -> Option<&PostgresConfig> {
         self.pg.as_ref()
     }

@@ -24,7 +24,9 @@ pub type RecordKey = (Kind, String);
 /// What a node already holds for a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldRecord {
+    /// Generation held; a lower offer is a rollback.
     pub generation: u64,
+    /// SHA-256 of the held body; an offer at the same generation must match it.
     pub digest: [u8; 32],
     /// The held record's scope: a replacement must come from signers whose
     /// grants cover it too, so a narrowly scoped key cannot take over a record
@@ -33,6 +35,7 @@ pub struct HeldRecord {
 }
 
 impl HeldRecord {
+    /// What a node holds once it has stored `envelope`.
     pub fn of(envelope: &Envelope) -> HeldRecord {
         HeldRecord {
             generation: envelope.record.generation,
@@ -44,6 +47,7 @@ impl HeldRecord {
 
 /// Read access to the records a node holds, for rollback checks.
 pub trait HeldState {
+    /// The record held under `kind` and `name`, if any.
     fn held(&self, kind: Kind, name: &str) -> Option<HeldRecord>;
 }
 
@@ -65,32 +69,87 @@ impl HeldState for NothingHeld {
 /// Why a record was refused. Every variant names what was wrong.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Rejection {
+    /// Bad bytes or limits, a key signing twice, or a payload or scope unfit for the kind.
     #[error("malformed envelope: {0}")]
     Malformed(String),
+    /// The trust root itself has expired, so nothing is accepted.
     #[error("trust root version {version} expired at {expires_at}; nothing can be accepted until it is renewed")]
-    TrustRootExpired { version: u64, expires_at: i64 },
+    TrustRootExpired {
+        /// Version of the expired trust root.
+        version: u64,
+        /// When it expired (Unix seconds).
+        expires_at: i64,
+    },
+    /// A signer is not a key of the trust root.
     #[error("unknown signer {public_key}: not a key of the trust root")]
-    UnknownSigner { public_key: String },
+    UnknownSigner {
+        /// The signer's public key, hex.
+        public_key: String,
+    },
+    /// No signer holds the role this kind needs.
     #[error("wrong role for {kind}: needs a {required} signature, signed only by {signers:?}")]
     WrongRole {
+        /// Kind of the refused record.
         kind: Kind,
+        /// The role that kind needs.
         required: Role,
+        /// Key ids of the signers, none of which holds `required`.
         signers: Vec<String>,
     },
+    /// A signature does not verify.
     #[error("bad signature by key {key_id}")]
-    BadSignature { key_id: String },
+    BadSignature {
+        /// Key id of the failing signer (hex public key if unknown).
+        key_id: String,
+    },
+    /// Too few distinct keys of the required role signed.
     #[error("below threshold: {have} of {need} {role} signatures")]
-    BelowThreshold { role: Role, have: u32, need: u32 },
+    BelowThreshold {
+        /// The role whose threshold was missed.
+        role: Role,
+        /// How many signers hold that role.
+        have: u32,
+        /// The trust root's threshold for it.
+        need: u32,
+    },
+    /// The record's lifetime is over.
     #[error("expired at {expires_at} (now {now})")]
-    Expired { expires_at: i64, now: i64 },
+    Expired {
+        /// The record's expiry (Unix seconds).
+        expires_at: i64,
+        /// The clock the check used (Unix seconds).
+        now: i64,
+    },
+    /// `issued_at` is more than [`MAX_CLOCK_SKEW_SECS`] ahead of `now`.
     #[error("not yet valid: issued at {issued_at}, now {now}")]
-    NotYetValid { issued_at: i64, now: i64 },
+    NotYetValid {
+        /// The record's issue time (Unix seconds).
+        issued_at: i64,
+        /// The clock the check used (Unix seconds).
+        now: i64,
+    },
+    /// Older than the generation already held.
     #[error("generation rollback: offered {offered}, already hold {held}")]
-    GenerationRollback { held: u64, offered: u64 },
+    GenerationRollback {
+        /// Generation held.
+        held: u64,
+        /// Generation offered.
+        offered: u64,
+    },
+    /// Same generation as the held record, different bytes.
     #[error("conflicting record at generation {generation}: same generation, different content")]
-    ConflictingGeneration { generation: u64 },
+    ConflictingGeneration {
+        /// The contested generation.
+        generation: u64,
+    },
+    /// A signer's grant does not cover the record's scope, or the held record's.
     #[error("scope wider than key {key_id} may grant: {term} is outside its grant")]
-    ScopeTooWide { key_id: String, term: String },
+    ScopeTooWide {
+        /// The signer whose grant falls short.
+        key_id: String,
+        /// The scope term outside that grant.
+        term: String,
+    },
 }
 
 impl Rejection {
@@ -121,8 +180,11 @@ impl From<DecodeError> for Rejection {
 /// Whether an accepted record is new to this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Novelty {
+    /// Nothing was held under this kind and name.
     New,
+    /// Newer than the held record, which it supersedes.
     Replaces {
+        /// Generation of the record it replaces.
         previous_generation: u64,
     },
     /// Byte-identical to what we hold; nothing to store or forward.
@@ -132,9 +194,13 @@ pub enum Novelty {
 /// A record that passed every check.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Accepted {
+    /// The envelope as received; its body bytes are kept for relaying.
     pub envelope: Envelope,
+    /// The payload, parsed as the record's kind.
     pub spec: Spec,
+    /// The record digest: SHA-256 of the body.
     pub digest: [u8; 32],
+    /// New, a replacement or a duplicate of what is held.
     pub novelty: Novelty,
     /// Key ids of the signers, in envelope order.
     pub signers: Vec<String>,

@@ -10,6 +10,7 @@ use serde_json::Value;
 /// Why a JSON value has no canonical form.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CanonicalError {
+    /// A float, with its text and JSON path; records carry integers only.
     #[error("floating-point number {0} at {1}: records carry integers only")]
     Float(String, String),
 }

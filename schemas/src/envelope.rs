@@ -17,29 +17,41 @@ use crate::canonical::{to_canonical_json, CanonicalError};
 use crate::kinds::{Kind, Spec};
 use crate::scope::{Scope, ScopeTerm};
 
+/// Opens every record body: format magic and version 1.
 pub const BODY_MAGIC: &[u8; 8] = b"FABREC01";
+/// Opens every envelope: format magic and version 1.
 pub const ENVELOPE_MAGIC: &[u8; 8] = b"FABENV01";
 /// Largest envelope a node will parse; bigger input is malformed by definition.
 pub const MAX_ENVELOPE_BYTES: usize = 256 * 1024;
+/// Longest record name in bytes (an object's `metadata.name`); also bounds scope values.
 pub const MAX_NAME_BYTES: usize = 253;
+/// Most scope terms one record may carry.
 pub const MAX_SCOPE_TERMS: usize = 64;
+/// Most signatures one envelope may carry.
 pub const MAX_SIGNATURES: usize = 16;
 
 /// Why bytes are not a well-formed envelope.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
+    /// Input longer than [`MAX_ENVELOPE_BYTES`]; holds its length.
     #[error("envelope is {0} bytes, more than the {MAX_ENVELOPE_BYTES}-byte limit")]
     TooLarge(usize),
+    /// Wrong magic in the named part: not a Fabric v1 record.
     #[error("bad magic in {0}: not a Fabric v1 record")]
     BadMagic(&'static str),
+    /// Input ends inside the named field.
     #[error("truncated {0}")]
     Truncated(&'static str),
+    /// Bytes left over (count) after the named part.
     #[error("{0} trailing bytes after {1}")]
     Trailing(usize, &'static str),
+    /// A kind code no [`Kind`] has.
     #[error("unknown kind code {0}")]
     UnknownKind(u8),
+    /// The named string field is not UTF-8.
     #[error("{0} is not valid UTF-8")]
     NotUtf8(&'static str),
+    /// The named field breaks a rule (length, count, order, canonical form); with the detail.
     #[error("invalid {0}: {1}")]
     Invalid(&'static str, String),
 }
@@ -47,13 +59,17 @@ pub enum DecodeError {
 /// The signed content of an envelope.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
+    /// Kind of the object the record carries.
     pub kind: Kind,
+    /// The object's `metadata.name`; with `kind`, the record's key.
     pub name: String,
+    /// Monotonic per (kind, name): a newer version of the record carries a higher one.
     pub generation: u64,
     /// Unix seconds.
     pub issued_at: i64,
     /// Unix seconds; the record is dead at and after this instant.
     pub expires_at: i64,
+    /// Part of the fleet the record is for; every signer's grant must cover it.
     pub scope: Scope,
     /// Canonical JSON of the spec.
     pub payload: Vec<u8>,
@@ -62,14 +78,24 @@ pub struct Record {
 /// Why a record cannot be built from a spec.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
+    /// The spec does not serialise to JSON.
     #[error("spec does not serialise: {0}")]
     Serialise(#[from] serde_json::Error),
+    /// The spec's JSON has no canonical form.
     #[error(transparent)]
     Canonical(#[from] CanonicalError),
+    /// The name is empty or longer than [`MAX_NAME_BYTES`].
     #[error("name {0:?} is empty or longer than {MAX_NAME_BYTES} bytes")]
     Name(String),
+    /// `expires_at` is not after `issued_at`.
     #[error("expires_at {expires_at} is not after issued_at {issued_at}")]
-    Lifetime { issued_at: i64, expires_at: i64 },
+    Lifetime {
+        /// Requested issue time (Unix seconds).
+        issued_at: i64,
+        /// Requested expiry (Unix seconds).
+        expires_at: i64,
+    },
+    /// More than [`MAX_SCOPE_TERMS`] terms, or a term value over [`MAX_NAME_BYTES`]; holds the term count.
     #[error("scope has {0} terms or a value longer than {MAX_NAME_BYTES} bytes")]
     Scope(usize),
 }
@@ -132,6 +158,7 @@ impl Record {
         out
     }
 
+    /// Parses body bytes strictly: limits, sorted scope terms, no trailing bytes.
     pub fn decode_body(bytes: &[u8]) -> Result<Record, DecodeError> {
         let mut r = Reader::new(bytes);
         if r.take(8, "body magic")? != BODY_MAGIC {
@@ -209,15 +236,20 @@ impl Record {
 /// One signature: who signed (their public key) and the signature bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignatureEntry {
+    /// The signer's ed25519 public key.
     pub public_key: [u8; 32],
+    /// The ed25519 signature over the envelope's body.
     pub signature: [u8; 64],
 }
 
 /// A record with its signatures; `body` is kept byte-for-byte so relays never re-encode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
+    /// The encoded record body, exactly the bytes that were signed.
     pub body: Vec<u8>,
+    /// The record decoded from `body`.
     pub record: Record,
+    /// Signatures over `body`, in envelope order.
     pub signatures: Vec<SignatureEntry>,
 }
 
@@ -253,10 +285,12 @@ impl Envelope {
         });
     }
 
+    /// The record digest: SHA-256 of the body.
     pub fn digest(&self) -> [u8; 32] {
         Sha256::digest(&self.body).into()
     }
 
+    /// The envelope's wire bytes (see the module docs for the layout).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + self.body.len() + 96 * self.signatures.len());
         out.extend_from_slice(ENVELOPE_MAGIC);

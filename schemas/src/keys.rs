@@ -7,16 +7,26 @@ use std::path::Path;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::SigningKey;
 
+/// Why a key, or another file written through [`write_atomic`], could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
+    /// Reading or writing the file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file concerned.
         path: String,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not an ed25519 PKCS#8 PEM private key, or the key would not encode.
     #[error("{path}: not an ed25519 PKCS#8 PEM private key: {reason}")]
-    Format { path: String, reason: String },
+    Format {
+        /// The file concerned.
+        path: String,
+        /// What the PKCS#8 codec reported.
+        reason: String,
+    },
 }
 
 /// A fresh key from the operating system's RNG.
@@ -24,6 +34,7 @@ pub fn generate() -> SigningKey {
     SigningKey::generate(&mut rand_core::OsRng)
 }
 
+/// Stores `key` as PKCS#8 PEM, atomically, readable only by the owner (mode 0600).
 pub fn write_private_key(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
     let pem = key
         .to_pkcs8_pem(Default::default())
@@ -34,6 +45,7 @@ pub fn write_private_key(path: &Path, key: &SigningKey) -> Result<(), KeyFileErr
     write_atomic(path, pem.as_bytes(), 0o600)
 }
 
+/// Loads an ed25519 key from a PKCS#8 PEM file.
 pub fn read_private_key(path: &Path) -> Result<SigningKey, KeyFileError> {
     let text = fs::read_to_string(path).map_err(|source| KeyFileError::Io {
         path: path.display().to_string(),
@@ -94,24 +106,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyFileE
 
 /// One generated role key.
 pub struct RoleKey {
+    /// Key id in the trust root, `<role>-<n>`.
     pub id: String,
+    /// The role the key was generated for.
     pub role: crate::trust::Role,
+    /// The private key.
     pub key: SigningKey,
 }
 
 /// How many keys each role gets and how many must sign.
 #[derive(Clone, Debug)]
 pub struct TrustRootPlan {
+    /// How many root keys to generate.
     pub root_keys: u32,
+    /// How many root keys must sign a new trust root.
     pub root_threshold: u32,
+    /// How many control keys to generate.
     pub control_keys: u32,
+    /// How many control keys must sign a control record.
     pub control_threshold: u32,
+    /// Version of the generated trust root.
     pub version: u64,
     /// Unix seconds.
     pub expires_at: i64,
 }
 
 impl TrustRootPlan {
+    /// One key per role, threshold 1, version 1, expiring at `expires_at`.
     pub fn single_keys(expires_at: i64) -> Self {
         TrustRootPlan {
             root_keys: 1,
@@ -171,12 +192,23 @@ pub fn generate_trust_root(plan: &TrustRootPlan) -> (crate::kinds::TrustRootSpec
 /// Why a trust-root manifest file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustFileError {
+    /// The file could not be loaded or fails validation (its first error).
     #[error("trust root: {0}")]
     Manifest(Box<crate::manifest::ManifestError>),
+    /// The manifest holds no `TrustRoot` object.
     #[error("{path} holds no TrustRoot")]
-    NoTrustRoot { path: String },
+    NoTrustRoot {
+        /// The file read.
+        path: String,
+    },
+    /// The manifest could not be encoded or written.
     #[error("writing trust root {path}: {reason}")]
-    Write { path: String, reason: String },
+    Write {
+        /// The file written.
+        path: String,
+        /// Why encoding or writing failed.
+        reason: String,
+    },
 }
 
 /// Writes `spec` as the `TrustRoot` manifest (named `fleet`) nodes are bootstrapped with.

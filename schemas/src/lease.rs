@@ -15,8 +15,11 @@ use crate::Role;
 /// The intent a node holds (accepted and stored), that a lease must match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeldIntent<'a> {
+    /// The intent's `metadata.name`.
     pub name: &'a str,
+    /// The generation of it the node holds.
     pub generation: u64,
+    /// The agent the intent updates.
     pub component: Component,
 }
 
@@ -42,39 +45,68 @@ pub struct AdmissionContext<'a> {
 /// reason and reported with state `blocked`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseRefusal {
+    /// The lease names another node.
     #[error("lease {lease_id} is for node {lease_node:?}, this is {node:?}")]
     WrongNode {
+        /// The refused lease's id.
         lease_id: String,
+        /// The node the lease names.
         lease_node: String,
+        /// This node.
         node: String,
     },
+    /// No orchestrator threshold among the lease's signers.
     #[error("lease {lease_id} is not signed by the orchestrator role")]
-    NotOrchestratorSigned { lease_id: String },
+    NotOrchestratorSigned {
+        /// The refused lease's id.
+        lease_id: String,
+    },
+    /// The lease's `expiresAt` does not parse.
     #[error("lease {lease_id}: expiresAt {expires_at:?} is not RFC 3339")]
     BadExpiry {
+        /// The refused lease's id.
         lease_id: String,
+        /// The `expiresAt` text as written.
         expires_at: String,
     },
+    /// The lease has expired.
     #[error("lease {lease_id} expired at {expires_at} (now {now})")]
     Expired {
+        /// The refused lease's id.
         lease_id: String,
+        /// Its expiry (Unix seconds).
         expires_at: i64,
+        /// The node's clock (Unix seconds).
         now: i64,
     },
+    /// The lease is for another intent, generation or phase than the node holds.
     #[error("lease {lease_id} is for {intent:?} generation {generation} ({phase}), but this node holds {held}")]
     IntentMismatch {
+        /// The refused lease's id.
         lease_id: String,
+        /// The intent the lease names.
         intent: String,
+        /// The intent generation the lease names.
         generation: u64,
+        /// The phase the lease names.
         phase: &'static str,
+        /// What the node holds instead, for the message.
         held: String,
     },
+    /// `recoveryOverride` is set but no recovery-admin threshold signed.
     #[error("lease {lease_id} carries recoveryOverride without a recovery-admin signature")]
-    OverrideWithoutRecoveryAdmin { lease_id: String },
+    OverrideWithoutRecoveryAdmin {
+        /// The refused lease's id.
+        lease_id: String,
+    },
+    /// Every targeted node would apply at once, with no recovery-admin override.
     #[error("lease {lease_id} would make {leased} of {fleet_size} nodes apply at once (a farm-wide start) without a recovery-admin override")]
     FarmWideStart {
+        /// The refused lease's id.
         lease_id: String,
+        /// Live leases of this intent generation, this one included.
         leased: u32,
+        /// Nodes the intent targets.
         fleet_size: u32,
     },
 }

@@ -8,10 +8,15 @@ use std::str::FromStr;
 /// failure domain or node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ScopeTerm {
+    /// `*`: the whole fleet.
     Any,
+    /// `area:NAME`: one area.
     Area(String),
+    /// `site:NAME`: one site.
     Site(String),
+    /// `nat:NAME`: one NAT group.
     NatGroup(String),
+    /// `node:NAME`: one node.
     Node(String),
 }
 
@@ -65,6 +70,7 @@ impl fmt::Display for ScopeTerm {
     }
 }
 
+/// Text that is not a scope term; holds the text.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "invalid scope term {0:?}: expected `*`, `area:NAME`, `site:NAME`, `nat:NAME` or `node:NAME`"
@@ -110,6 +116,7 @@ impl Scope {
         (!terms.is_empty()).then_some(Scope(terms))
     }
 
+    /// The terms, sorted and without duplicates.
     pub fn terms(&self) -> &[ScopeTerm] {
         &self.0
     }

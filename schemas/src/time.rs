@@ -4,10 +4,13 @@
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{input:?} is not an RFC 3339 timestamp (e.g. 2027-01-01T00:00:00Z): {reason}")]
 pub struct TimeError {
+    /// The text that did not parse.
     pub input: String,
+    /// What was wrong with it.
     pub reason: String,
 }
 
+/// Parses an RFC 3339 timestamp into Unix seconds.
 pub fn parse_rfc3339(s: &str) -> Result<i64, TimeError> {
     s.parse::<jiff::Timestamp>()
         .map(|t| t.as_second())
@@ -17,6 +20,7 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, TimeError> {
         })
 }
 
+/// Writes Unix seconds as RFC 3339 (UTC); `@<seconds>` if out of range.
 pub fn format_rfc3339(unix_seconds: i64) -> String {
     match jiff::Timestamp::from_second(unix_seconds) {
         Ok(t) => t.to_string(),

@@ -12,13 +12,18 @@ use crate::time::parse_rfc3339;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
+    /// Signs trust-root versions.
     Root,
+    /// Signs node and service records, update intents and rollout policies.
     Control,
+    /// Signs rollout leases.
     Orchestrator,
+    /// Co-signs overrides such as a farm-wide start.
     RecoveryAdmin,
 }
 
 impl Role {
+    /// Every role, in order.
     pub const ALL: [Role; 4] = [
         Role::Root,
         Role::Control,
@@ -26,6 +31,7 @@ impl Role {
         Role::RecoveryAdmin,
     ];
 
+    /// The role's name as the trust root spells it (kebab-case).
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Root => "root",
@@ -56,34 +62,68 @@ impl fmt::Display for Role {
 /// One key the trust root knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KnownKey {
+    /// The key's id in the trust root.
     pub id: String,
+    /// Roles whose key list names this key.
     pub roles: BTreeSet<Role>,
+    /// Scope terms the key may sign for (`*` when the spec lists none).
     pub grant: Vec<ScopeTerm>,
 }
 
 /// Why a trust-root spec cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TrustRootError {
+    /// A key's `publicKey` is not a usable ed25519 key.
     #[error("keys[{index}].publicKey: {reason}")]
-    PublicKey { index: usize, reason: String },
-    #[error("keys[{index}].id: duplicate key id {id:?}")]
-    DuplicateId { index: usize, id: String },
-    #[error("keys[{index}].publicKey: the same key is listed twice")]
-    DuplicateKey { index: usize },
-    #[error("keys[{index}].scope[{term}]: {reason}")]
-    Scope {
+    PublicKey {
+        /// Position of the key in `keys`.
         index: usize,
-        term: usize,
+        /// What is wrong with it.
         reason: String,
     },
+    /// Two keys share an id.
+    #[error("keys[{index}].id: duplicate key id {id:?}")]
+    DuplicateId {
+        /// Position of the second key in `keys`.
+        index: usize,
+        /// The shared id.
+        id: String,
+    },
+    /// The same public key is listed twice.
+    #[error("keys[{index}].publicKey: the same key is listed twice")]
+    DuplicateKey {
+        /// Position of the second listing in `keys`.
+        index: usize,
+    },
+    /// A key's scope term does not parse.
+    #[error("keys[{index}].scope[{term}]: {reason}")]
+    Scope {
+        /// Position of the key in `keys`.
+        index: usize,
+        /// Position of the term in its `scope`.
+        term: usize,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// A role names a key id that `keys` does not have.
     #[error("roles.{role}.keyIds: unknown key id {id:?}")]
-    UnknownKeyId { role: Role, id: String },
+    UnknownKeyId {
+        /// The role naming it.
+        role: Role,
+        /// The unknown id.
+        id: String,
+    },
+    /// A role's threshold is 0 or above its number of keys.
     #[error("roles.{role}.threshold: {threshold} with {keys} keys (need 1 <= threshold <= keys)")]
     Threshold {
+        /// The role concerned.
         role: Role,
+        /// Its threshold.
         threshold: u32,
+        /// Its number of distinct keys.
         keys: usize,
     },
+    /// `expiresAt` is not an RFC 3339 timestamp.
     #[error("expiresAt: {0}")]
     Expiry(String),
 }
@@ -91,13 +131,16 @@ pub enum TrustRootError {
 /// A usable trust root.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrustAnchor {
+    /// The spec's version; nodes only move to a higher one.
     pub version: u64,
+    /// Unix seconds; at and after this instant nothing is accepted.
     pub expires_at: i64,
     keys: BTreeMap<[u8; 32], KnownKey>,
     thresholds: BTreeMap<Role, u32>,
 }
 
 impl TrustAnchor {
+    /// Checks a trust-root spec strictly and indexes its keys by public key.
     pub fn from_spec(spec: &TrustRootSpec) -> Result<TrustAnchor, TrustRootError> {
         let expires_at =
             parse_rfc3339(&spec.expires_at).map_err(|e| TrustRootError::Expiry(e.to_string()))?;
@@ -192,10 +235,12 @@ impl TrustAnchor {
         })
     }
 
+    /// The trust-root key with this public key, if any.
     pub fn key(&self, public_key: &[u8; 32]) -> Option<&KnownKey> {
         self.keys.get(public_key)
     }
 
+    /// How many distinct keys of `role` must sign.
     pub fn threshold(&self, role: Role) -> u32 {
         // from_spec fills every role, so the fallback is never taken; u32::MAX fails closed.
         self.thresholds.get(&role).copied().unwrap_or(u32::MAX)

@@ -28,12 +28,14 @@ pub struct ManifestFile {
 /// their file names). Content type [`BUNDLE_CONTENT_TYPE`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyBundle {
+    /// The manifest files, in order.
     pub files: Vec<ManifestFile>,
 }
 
 /// Content type of an [`ApplyBundle`] body.
 pub const BUNDLE_CONTENT_TYPE: &str = "application/vnd.fabric.apply+json";
 
+/// How an apply request is carried out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ApplyOptions {
     /// Validate and report what would change, write nothing.
@@ -48,24 +50,35 @@ pub struct ApplyOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApplyAction {
+    /// The object was not stored before.
     Created,
+    /// The stored object's spec, labels or annotations changed.
     Configured,
+    /// The stored object already matched.
     Unchanged,
+    /// Deleted: absent from a `prune` request that has objects of its kind.
     Pruned,
 }
 
+/// What happened (or would happen) to one object of an apply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyItem {
+    /// The object's kind.
     pub kind: Kind,
+    /// The object's name.
     pub name: String,
+    /// What happened to it.
     pub action: ApplyAction,
     /// `metadata.generation` after the apply (before, for dry runs and prunes).
     pub generation: Option<i64>,
 }
 
+/// The outcome of an accepted apply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyResult {
+    /// Whether this was a dry run (nothing written).
     pub dry_run: bool,
+    /// One item per object, created, configured, unchanged or pruned.
     pub items: Vec<ApplyItem>,
 }
 
@@ -81,8 +94,10 @@ impl ApplyResult {
 /// Why an apply was refused; in every case nothing was written.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// The request's own manifest errors.
     #[error("{} manifest error(s); nothing was applied", .0.len())]
     Invalid(Vec<ManifestError>),
+    /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }

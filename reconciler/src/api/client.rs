@@ -22,24 +22,47 @@ struct RemoteError {
     errors: Vec<RemoteManifestError>,
 }
 
+/// Why a Control API call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The server URL, or a request built from it, is not valid.
     #[error("bad server URL {url:?}: {reason}")]
-    Url { url: String, reason: String },
+    Url {
+        /// The URL concerned.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No HTTP exchange with the server completed.
     #[error("cannot reach the Control API at {url}: {reason}")]
-    Connect { url: String, reason: String },
+    Connect {
+        /// The server or request.
+        url: String,
+        /// The transport's error.
+        reason: String,
+    },
+    /// The server answered with an error status.
     #[error("{status}: {message}")]
     Status {
+        /// The HTTP status.
         status: StatusCode,
+        /// The server's error message.
         message: String,
         /// File/field errors of a refused apply.
         errors: Vec<RemoteManifestError>,
     },
+    /// A body could not be encoded, or the reply is not what was expected.
     #[error("unexpected response from {url}: {reason}")]
-    Decode { url: String, reason: String },
+    Decode {
+        /// The request concerned.
+        url: String,
+        /// The decoder's error.
+        reason: String,
+    },
 }
 
 impl ClientError {
+    /// The HTTP status, for an error status answer.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             ClientError::Status { status, .. } => Some(*status),
@@ -80,6 +103,7 @@ impl ApiClient {
         })
     }
 
+    /// Applies manifest files as one bundle (errors keep their file names).
     pub async fn apply(
         &self,
         files: Vec<ManifestFile>,
@@ -109,16 +133,19 @@ impl ApiClient {
         .await
     }
 
+    /// Every stored object of `kind`.
     pub async fn list(&self, kind: &str) -> Result<Vec<StoredObject>, ClientError> {
         self.call(Method::GET, &format!("/api/v1/objects/{kind}"), None)
             .await
     }
 
+    /// One stored object.
     pub async fn get(&self, kind: &str, name: &str) -> Result<StoredObject, ClientError> {
         self.call(Method::GET, &format!("/api/v1/objects/{kind}/{name}"), None)
             .await
     }
 
+    /// Sends a heartbeat as a node would, over HTTP.
     pub async fn heartbeat(&self, body: &HeartbeatBody) -> Result<HeartbeatReply, ClientError> {
         let json = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
             url: "heartbeat".into(),
@@ -132,6 +159,7 @@ impl ApiClient {
         .await
     }
 
+    /// The fleet audit; `freshness_ms` overrides how old a heartbeat may be to count as live.
     pub async fn audit(&self, freshness_ms: Option<i64>) -> Result<AuditReport, ClientError> {
         let path = match freshness_ms {
             Some(f) => format!("/api/v1/audit?freshnessMs={f}"),

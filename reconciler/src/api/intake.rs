@@ -196,6 +196,7 @@ impl HeartbeatIntake {
         &self.inner.store
     }
 
+    /// The batching settings the intake runs with.
     pub fn config(&self) -> IntakeConfig {
         self.inner.cfg
     }
@@ -217,6 +218,7 @@ impl HeartbeatIntake {
         self.inner.replies.get(self.inner.store.as_ref()).await
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> IntakeStats {
         self.inner.counters.snapshot()
     }

@@ -73,6 +73,7 @@ impl std::fmt::Debug for Token {
 }
 
 impl Token {
+    /// A token from its secret (surrounding whitespace ignored); at least 16 characters.
     pub fn new(secret: &str) -> Result<Token, ApiError> {
         let secret = secret.trim();
         if secret.len() < 16 {
@@ -111,11 +112,15 @@ pub struct CompatConfig {
 /// Control API configuration.
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
+    /// Where the operator listener binds.
     pub bind: SocketAddr,
+    /// The token operators present.
     pub operator_token: Token,
+    /// The legacy heartbeat listener, if enabled.
     pub compat: Option<CompatConfig>,
     /// Serve `GET` endpoints without a token.
     pub anonymous_reads: bool,
+    /// How the audit judges heartbeats.
     pub audit: AuditConfig,
     /// Heartbeat batching (one queue for every intake path).
     pub intake: IntakeConfig,
@@ -127,6 +132,7 @@ pub struct ApiConfig {
 }
 
 impl ApiConfig {
+    /// Defaults for `bind` and `operator_token`: no compat listener, no anonymous reads.
     pub fn new(bind: SocketAddr, operator_token: Token) -> ApiConfig {
         ApiConfig {
             bind,
@@ -140,14 +146,23 @@ impl ApiConfig {
     }
 }
 
+/// Why the Control API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// A token is too short or its file unreadable.
     #[error("token: {0}")]
     Token(String),
+    /// An edge listener could not be bound.
     #[error(transparent)]
     Edge(#[from] EdgeError),
+    /// The fabric channel service could not be listened on.
     #[error("listening on fabric service {service:?}: {reason}")]
-    Fabric { service: String, reason: String },
+    Fabric {
+        /// The service name.
+        service: String,
+        /// The transport's error.
+        reason: String,
+    },
 }
 
 struct Shared {
@@ -380,7 +395,9 @@ fn compat_router(shared: Arc<Shared>) -> Router {
 /// An error body: `{"error": "...", "errors": [...]}`.
 #[derive(Debug, Serialize)]
 pub struct ErrorBody {
+    /// What went wrong.
     pub error: String,
+    /// Manifest errors of a refused apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<fabric_schemas::manifest::ManifestError>,
 }
@@ -630,8 +647,10 @@ pub async fn run_audit(
 /// Why a heartbeat was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
+    /// The heartbeat itself is invalid; sending it again will not help.
     #[error(transparent)]
     Refused(#[from] HeartbeatError),
+    /// Reading the store for the node's spec or the reply failed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The intake queue is full; nothing was stored. Retry shortly.
@@ -639,7 +658,10 @@ pub enum IntakeError {
         "heartbeat intake busy: {capacity} heartbeats already waiting to be stored; \
          nothing was stored, retry shortly"
     )]
-    Busy { capacity: usize },
+    Busy {
+        /// Heartbeats the queue holds.
+        capacity: usize,
+    },
     /// The intake is stopping; nothing was stored. Retry (another replica).
     #[error("heartbeat intake shutting down; nothing was stored, retry")]
     ShuttingDown,

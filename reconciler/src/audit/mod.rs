@@ -43,13 +43,16 @@ impl Default for AuditConfig {
 /// Everything [`compute`] looks at.
 #[derive(Clone, Copy, Debug)]
 pub struct AuditInput<'a> {
+    /// The audit's clock; heartbeat ages are measured against it.
     pub now_ms: UnixMillis,
+    /// The latest stored heartbeat of every node.
     pub heartbeats: &'a [StoredHeartbeat],
     /// Stored `FabricNode` objects (other kinds are ignored).
     pub nodes: &'a [StoredObject],
     /// The control plane's own edge listeners (`EdgeInventory::audit()` of the
     /// reconciler process), reported under the owner `control-plane`.
     pub control_plane_listeners: &'a [EdgeEntry],
+    /// Freshness thresholds.
     pub config: AuditConfig,
 }
 
@@ -62,18 +65,26 @@ pub struct FleetRegistryReport {
     /// `active` only when every fresh node is `active` (and there is at least
     /// one); `missing` when no fresh node holds any record; else `candidate_only`.
     pub status: String,
+    /// Live nodes counted.
     pub fresh_nodes: usize,
+    /// Live nodes reporting `active`.
     pub active_nodes: usize,
+    /// Live nodes reporting `candidate_only`.
     pub candidate_only_nodes: usize,
+    /// Live nodes reporting anything else.
     pub missing_nodes: usize,
 }
 
 /// One node's line of the audit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeAudit {
+    /// The node's name.
     pub node: String,
+    /// Whether its heartbeat is live (within `freshness_ms`).
     pub fresh: bool,
+    /// How old its latest heartbeat is.
     pub heartbeat_age_ms: i64,
+    /// The node-agent version it reports.
     pub agent_version: String,
     /// The live session's endpoint as the heartbeat reports it (Step B:
     /// "current control URL in heartbeat").
@@ -82,35 +93,48 @@ pub struct NodeAudit {
     pub control_contract: String,
     /// `fabric`, `control-api` or `compat-overlap`.
     pub received_via: Option<String>,
+    /// Its `fabric_registry_runtime_report.status`.
     pub registry_status: String,
+    /// Its updater subscription: `alive` or `gap`.
     pub updater_subscription: String,
+    /// Whether its updater can be woken by an update hint.
     pub supports_hint_wake: bool,
+    /// The state of the update it reports, if any.
     pub update_state: Option<String>,
+    /// Its P3 peer metrics.
     pub peer_metrics: PeerMetrics,
 }
 
 /// A stale heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StaleNode {
+    /// The node's name.
     pub node: String,
+    /// How old its latest heartbeat is.
     pub age_ms: i64,
+    /// When that heartbeat was received.
     pub last_received_at: UnixMillis,
 }
 
 /// A resilience metric below its target.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricShortfall {
+    /// The metric's name (`direct_ready_count`, ...).
     pub metric: String,
+    /// The node's target for it.
     pub target: u32,
+    /// What the live heartbeat reports.
     pub actual: u32,
 }
 
 /// A critical node below its `resilienceTarget`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResilienceShortfall {
+    /// The node's name.
     pub node: String,
     /// Empty when the node has no fresh heartbeat (see `reason`).
     pub shortfalls: Vec<MetricShortfall>,
+    /// Why it is listed, in words.
     pub reason: String,
 }
 
@@ -133,9 +157,13 @@ pub struct ListenerAudit {
     /// `service-ingress`, `control-api-ingress`, `artifact-edge`,
     /// `compat-overlap` or `unclassified`.
     pub role: String,
+    /// Whether a declared role covers it.
     pub class: ListenerClass,
+    /// The address it listens on.
     pub bind: String,
+    /// What it serves: `fabric://NODE/SERVICE`, `local:HANDLER` or `unknown`.
     pub target: String,
+    /// What is wrong with it, if anything (always set for unclassified listeners).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<String>,
 }
@@ -145,51 +173,79 @@ pub struct ListenerAudit {
 pub struct Criterion {
     /// 1..=6, in the seed's order.
     pub id: u8,
+    /// The criterion's name, e.g. `no_compat_control_dependency`.
     pub name: String,
+    /// Whether it holds.
     pub passed: bool,
+    /// The nodes that break it.
     pub failing_nodes: Vec<String>,
+    /// Why it passes or fails, in words.
     pub detail: String,
 }
 
 /// The fabric-only recovery gate (seed P4.3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoveryGate {
+    /// The gate is open: the compat overlap may be removed.
     pub open: bool,
+    /// No live node depends on the compat control contract.
     pub compat_control_dependency_zero: bool,
+    /// The fleet-wide registry status is `active`.
     pub registry_active: bool,
+    /// No live node's recovery endpoints name the compat contract.
     pub recovery_path_independent_of_compat: bool,
     /// Fresh nodes whose recovery endpoints still name the compat contract.
     pub recovery_compat_nodes: Vec<String>,
+    /// Each condition that keeps the gate shut, in words.
     pub blockers: Vec<String>,
 }
 
 /// The audit report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditReport {
+    /// The audit's clock.
     pub generated_at_ms: UnixMillis,
+    /// The thresholds used.
     pub config: AuditConfig,
+    /// One row per readable heartbeat.
     pub nodes: Vec<NodeAudit>,
+    /// Live nodes that depend on the compat control contract.
     pub compat_control_dependency_nodes: Vec<String>,
+    /// Live nodes whose registry is `candidate_only`.
     pub registry_candidate_only_nodes: Vec<String>,
+    /// Live nodes whose registry is neither `active` nor `candidate_only`.
     pub registry_missing_nodes: Vec<String>,
+    /// Live nodes whose updater subscription has a gap.
     pub updater_subscription_alert_nodes: Vec<String>,
+    /// Live nodes that cannot be woken by a hint and have a stale update status.
     pub updater_wake_unsupported_nodes: Vec<String>,
+    /// The compat overlap / recovery bridge must be held.
     pub bridge_hold_required: bool,
+    /// Why it must be held, in words.
     pub bridge_hold_reasons: Vec<String>,
+    /// The fleet-wide registry status.
     pub fabric_registry_runtime_report: FleetRegistryReport,
+    /// Heartbeats older than `freshness_ms`.
     pub stale_heartbeats: Vec<StaleNode>,
+    /// `FabricNode`s with no stored heartbeat.
     pub nodes_without_heartbeat: Vec<String>,
     /// Heartbeats whose body does not parse (a node on an incompatible agent).
     pub unreadable_heartbeats: Vec<String>,
+    /// Critical nodes that miss their `resilienceTarget` (or have no live heartbeat).
     pub critical_nodes_below_resilience_target: Vec<ResilienceShortfall>,
+    /// Every TCP listener: the control plane's and each live node's.
     pub tcp_listeners: Vec<ListenerAudit>,
+    /// How many listeners have each role.
     pub tcp_listeners_by_role: BTreeMap<String, usize>,
+    /// Listeners nobody declared: possible hidden inter-node transport.
     pub unclassified_tcp_listeners: Vec<ListenerAudit>,
     /// Fresh nodes whose inter-node transport is not `quic-udp`.
     pub transport_tcp_nodes: Vec<String>,
+    /// The six criteria of seed section 5, in order.
     pub acceptance_criteria: Vec<Criterion>,
     /// All six criteria pass.
     pub converged: bool,
+    /// The fabric-only recovery gate (seed P4.3).
     pub fabric_only_recovery_gate: RecoveryGate,
 }
 

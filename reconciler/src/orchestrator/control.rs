@@ -23,18 +23,26 @@ const CAS_ATTEMPTS: u32 = 5;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseView {
+    /// The node holding it.
     pub node: String,
+    /// The lease's id.
     pub lease_id: String,
+    /// The agent it lets the node update.
     pub phase: Component,
+    /// When it lapses (RFC 3339).
     pub expires_at: String,
+    /// Which lease of this node in this rollout it is (0 when its row is unreadable).
     pub attempt: u32,
+    /// Whether it carries a recovery override.
     pub recovery_override: bool,
 }
 
 /// A condition as `rollout status` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ConditionView {
+    /// The planner's reason, or the driver's own.
     pub reason: String,
+    /// What an operator should know or do.
     pub message: String,
 }
 
@@ -42,10 +50,15 @@ pub struct ConditionView {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutView {
+    /// The intent's name.
     pub intent: String,
+    /// Its current generation.
     pub generation: u64,
+    /// The agent it updates.
     pub component: Component,
+    /// The version it rolls out.
     pub version: String,
+    /// The `RolloutPolicy` it names.
     pub policy: String,
     /// The generation the driver last planned; behind `generation` until the
     /// next tick after an intent change.
@@ -53,15 +66,25 @@ pub struct RolloutView {
     /// `None` before the driver's first tick. A pause or abort that the driver
     /// has not acted on yet is shown already (it takes effect on the next tick).
     pub phase: Option<RolloutPhase>,
+    /// Node counts from the last planned status.
     pub counts: Counts,
+    /// The canary step, for the canary strategy.
     pub canary: Option<CanaryStatus>,
+    /// The planner's and the driver's conditions.
     pub conditions: Vec<ConditionView>,
+    /// What the operator decided.
     pub control: RolloutControl,
+    /// Why the planner stopped the rollout, if it did.
     pub stopped: Option<StopCause>,
+    /// Failed nodes, leased and bridged, with why.
     pub failed_nodes: Vec<(String, String)>,
+    /// The rollout's outstanding leases.
     pub leases: Vec<LeaseView>,
+    /// The compat bridge's last status.
     pub bridge: Option<BridgeStatus>,
+    /// The bridge action in flight, if any.
     pub bridge_in_flight: Option<BridgeAction>,
+    /// Whether a compat node needs an operator.
     pub bridge_hold_required: bool,
     /// The rollout state's version (0: never written).
     pub state_version: u64,

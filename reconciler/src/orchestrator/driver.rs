@@ -40,6 +40,7 @@ pub struct OrchestratorKeys {
 /// Driver knobs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrchestratorConfig {
+    /// Planner knobs outside the policy.
     pub planner: PlannerConfig,
     /// A node whose latest heartbeat is older than this is heartbeat-lost.
     pub heartbeat_timeout_secs: i64,
@@ -74,14 +75,17 @@ pub struct Orchestrator {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseBody {
+    /// The lease spec as signed.
     pub spec: RolloutLeaseSpec,
     /// The signed envelope, lower-case hex (`Envelope::encode` bytes).
     pub envelope: String,
     /// Unix seconds of the latest signing (grant or renewal).
     pub issued_at: i64,
+    /// Which lease of this node in this rollout it is (1 first).
     pub attempt: u32,
     /// Published as record `RolloutLease/<record_name>` at this generation.
     pub record_name: String,
+    /// The record generation it was published at.
     pub record_generation: u64,
     /// `orchestrator`, plus `recovery-admin` when co-signed.
     pub signed_by: Vec<String>,
@@ -97,38 +101,54 @@ impl LeaseBody {
 /// A lease the tick granted or renewed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LeaseReport {
+    /// The node holding the lease.
     pub node: String,
+    /// The lease's id.
     pub lease_id: String,
+    /// Which lease of this node in this rollout it is (1 first).
     pub attempt: u32,
+    /// Whether it carries a recovery override.
     pub recovery_override: bool,
 }
 
 /// One rollout's outcome of a tick.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RolloutReport {
+    /// The intent's name.
     pub intent: String,
+    /// The intent generation planned.
     pub generation: u64,
     /// The status written (planner status adjusted for the bridge).
     pub status: RolloutStatus,
+    /// Leases granted this tick.
     pub granted: Vec<LeaseReport>,
+    /// Leases revoked this tick: node, lease id, reason.
     pub revoked: Vec<(String, String, String)>,
+    /// Leases re-signed with a later expiry this tick.
     pub renewed: Vec<LeaseReport>,
+    /// The compat bridge's status after this tick.
     pub bridge: BridgeStatus,
+    /// Conditions the driver added to the planner's.
     pub extra_conditions: Vec<ExtraCondition>,
 }
 
 /// An intent the driver could not plan, and why (also written to its status).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SkippedIntent {
+    /// The intent's name.
     pub intent: String,
+    /// A CamelCase reason such as `PolicyNotFound`.
     pub reason: String,
+    /// What is wrong, for the intent's status.
     pub message: String,
 }
 
 /// What one tick did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct TickReport {
+    /// One report per rollout planned.
     pub rollouts: Vec<RolloutReport>,
+    /// Intents that could not be planned.
     pub skipped: Vec<SkippedIntent>,
     /// Bridge actions started this tick (at most one).
     pub bridge_actions: Vec<BridgeAction>,
@@ -143,10 +163,12 @@ pub struct TickReport {
 }
 
 impl TickReport {
+    /// The report of `intent`'s rollout, if it was planned.
     pub fn rollout(&self, intent: &str) -> Option<&RolloutReport> {
         self.rollouts.iter().find(|r| r.intent == intent)
     }
 
+    /// How many leases the tick granted over every rollout.
     pub fn granted(&self) -> usize {
         self.rollouts.iter().map(|r| r.granted.len()).sum()
     }
@@ -195,10 +217,12 @@ struct Planned {
 }
 
 impl Orchestrator {
+    /// A driver signing with `keys`.
     pub fn new(keys: OrchestratorKeys, config: OrchestratorConfig) -> Orchestrator {
         Orchestrator { keys, config }
     }
 
+    /// The driver's knobs.
     pub fn config(&self) -> &OrchestratorConfig {
         &self.config
     }

@@ -42,16 +42,37 @@ use crate::store::StoreError;
 /// What can go wrong driving rollouts.
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No `UpdateIntent` of that name.
     #[error("UpdateIntent {0:?} not found")]
     IntentNotFound(String),
+    /// A rollout's stored state, or its intent's spec, does not decode.
     #[error("rollout {intent:?}: stored state is unreadable: {reason}")]
-    BadState { intent: String, reason: String },
+    BadState {
+        /// The rollout (intent) concerned.
+        intent: String,
+        /// Why it does not decode.
+        reason: String,
+    },
+    /// A lease record could not be built or signed.
     #[error("signing lease {lease_id}: {reason}")]
-    Sign { lease_id: String, reason: String },
+    Sign {
+        /// The lease concerned.
+        lease_id: String,
+        /// What failed.
+        reason: String,
+    },
+    /// State or a lease body does not serialise to JSON.
     #[error("encoding {what}: {reason}")]
-    Encode { what: String, reason: String },
+    Encode {
+        /// What was being encoded.
+        what: String,
+        /// The serialiser's error.
+        reason: String,
+    },
+    /// The planner refused the policy or config.
     #[error("planning: {0}")]
     Plan(#[from] PlanError),
 }
@@ -63,4 +84,5 @@ impl OrchestratorError {
     }
 }
 
+/// Shorthand for orchestrator results.
 pub type Result<T, E = OrchestratorError> = std::result::Result<T, E>;

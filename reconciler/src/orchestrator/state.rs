@@ -19,11 +19,15 @@ pub struct RolloutDoc {
     /// generation starts a new rollout: progress, bridge, abort and recovery
     /// override are reset (a pause stays: the operator asked for it).
     pub generation: u64,
+    /// What the operator decided: pause, abort, recovery override.
     pub control: RolloutControl,
+    /// What the planner recorded for `generation`.
     pub progress: RolloutProgress,
+    /// The compat bridge's progress for `generation`.
     pub bridge: BridgeState,
     /// The last status the driver wrote; `None` before its first tick.
     pub status: Option<RolloutStatus>,
+    /// The compat bridge's last status; `None` before its first tick.
     pub bridge_status: Option<BridgeStatus>,
     /// Conditions the driver adds to the planner's (override unavailable,
     /// bridge hold), kept with the status for `rollout status`.
@@ -48,7 +52,9 @@ impl RolloutDoc {
 /// A driver-side condition, in the planner's shape but with its own reasons.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtraCondition {
+    /// A CamelCase reason such as `BridgeHoldRequired`.
     pub reason: String,
+    /// What an operator should know or do.
     pub message: String,
 }
 
@@ -69,11 +75,17 @@ pub struct BridgeState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BridgeAction {
+    /// The intent being rolled out.
     pub intent: String,
+    /// Its generation.
     pub generation: u64,
+    /// The compat node to update.
     pub node: String,
+    /// The agent to update.
     pub phase: Component,
+    /// The version to install.
     pub version: String,
+    /// Lower-case hex SHA-256 of the artifact.
     pub artifact_sha256: String,
     /// Unix seconds.
     pub started_at: i64,
@@ -97,12 +109,17 @@ pub struct BridgeAction {
 pub struct BridgeStatus {
     /// Targeted compat nodes.
     pub compat_nodes: u32,
+    /// Targeted compat nodes that run the new version.
     pub done: u32,
+    /// Targeted compat nodes the bridge gave up on.
     pub failed: u32,
+    /// The node with the action in flight, if any.
     pub in_flight: Option<String>,
+    /// Targeted compat nodes not yet started.
     pub pending: u32,
     /// A compat node needs an operator (it failed through the bridge, or it
     /// is the sole provider of a core service); `hold_reasons` says which.
     pub hold_required: bool,
+    /// Why an operator is needed, one entry per node.
     pub hold_reasons: Vec<String>,
 }

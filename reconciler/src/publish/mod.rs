@@ -111,14 +111,28 @@ impl Default for PublishConfig {
 /// Why a signer could not be loaded, or the loop failed on one object.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The keys folder is incomplete or unreadable.
     #[error("keys folder {dir}: {reason}")]
-    Keys { dir: String, reason: String },
+    Keys {
+        /// The folder.
+        dir: String,
+        /// What is missing or wrong.
+        reason: String,
+    },
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No node took a record.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// A record could not be signed, or nodes would refuse it.
     #[error("{what}: {reason}")]
-    Sign { what: String, reason: String },
+    Sign {
+        /// The object, e.g. `FabricNode "edge-1"`.
+        what: String,
+        /// Why it could not be signed, or why nodes would refuse it.
+        reason: String,
+    },
 }
 
 /// The control keys and the trust root they belong to.
@@ -173,6 +187,7 @@ impl Signer {
         Ok(Signer { keys, trust })
     }
 
+    /// The trust root records are checked against.
     pub fn trust(&self) -> &TrustAnchor {
         &self.trust
     }
@@ -206,9 +221,13 @@ impl Signer {
 
 /// Shared state of the publishing loop.
 pub struct PublishCtx {
+    /// Where objects are read and records stored.
     pub store: Arc<dyn Store>,
+    /// Signs the records.
     pub signer: Signer,
+    /// Where stored records are delivered.
     pub sink: Arc<dyn RecordSink>,
+    /// Record lifetime and resync interval.
     pub config: PublishConfig,
     /// Records handed to the sink, so a stored record is delivered once per
     /// process (a new leader delivers everything once; nodes drop duplicates).
@@ -216,6 +235,7 @@ pub struct PublishCtx {
 }
 
 impl PublishCtx {
+    /// The loop's state, with nothing delivered yet.
     pub fn new(
         store: Arc<dyn Store>,
         signer: Signer,

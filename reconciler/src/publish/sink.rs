@@ -11,8 +11,11 @@ use crate::store::BoxFuture;
 /// A signed record ready to hand to the fabric.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublishedRecord {
+    /// Kind of the record.
     pub kind: Kind,
+    /// The record's name.
     pub name: String,
+    /// The record generation.
     pub generation: u64,
     /// The encoded envelope, byte for byte as stored.
     pub envelope: Vec<u8>,
@@ -27,13 +30,19 @@ pub struct Delivery {
     pub failures: Vec<(String, String)>,
 }
 
+/// Why a record could not be delivered.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// No target took the record.
     #[error("no node took {kind} {name:?} generation {generation}: {detail}")]
     Undelivered {
+        /// Kind of the record.
         kind: Kind,
+        /// The record's name.
         name: String,
+        /// The record generation.
         generation: u64,
+        /// Every target's failure, joined.
         detail: String,
     },
 }
@@ -41,6 +50,7 @@ pub enum SinkError {
 /// Hands records to the fabric. Delivery to *some* node is enough: gossip does
 /// the rest, and a node that missed it gets it from its peers.
 pub trait RecordSink: Send + Sync {
+    /// Hands `record` to some nodes; an error only when none took it.
     fn deliver<'a>(
         &'a self,
         record: &'a PublishedRecord,
@@ -75,8 +85,10 @@ pub struct AgentSink {
 }
 
 impl AgentSink {
+    /// How many targets each record goes to unless set otherwise.
     pub const DEFAULT_FANOUT: usize = 3;
 
+    /// A sink over `targets`, each record to [`Self::DEFAULT_FANOUT`] of them.
     pub fn new(targets: Vec<Arc<dyn RecordInjector>>) -> Self {
         AgentSink {
             targets,
@@ -84,6 +96,7 @@ impl AgentSink {
         }
     }
 
+    /// Sends each record to `fanout` targets (at least 1).
     pub fn with_fanout(mut self, fanout: usize) -> Self {
         self.fanout = fanout.max(1);
         self

@@ -15,8 +15,11 @@ use super::status::Reason;
 /// One `UpdateIntent` as the planner sees it: name, generation and spec.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IntentInput {
+    /// The intent's `metadata.name`.
     pub name: String,
+    /// Its `metadata.generation`; leases are for one generation.
     pub generation: u64,
+    /// What to roll out, to which nodes, under which policy.
     pub spec: UpdateIntentSpec,
 }
 
@@ -30,11 +33,14 @@ impl IntentInput {
 /// Versions a node currently runs, as its heartbeat reports them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Versions {
+    /// The node-agent version, if reported.
     pub node_agent: Option<String>,
+    /// The host-agent version, if reported.
     pub host_agent: Option<String>,
 }
 
 impl Versions {
+    /// The version of `component` the node runs, if reported.
     pub fn of(&self, component: Component) -> Option<&str> {
         match component {
             Component::NodeAgent => self.node_agent.as_deref(),
@@ -46,7 +52,9 @@ impl Versions {
 /// A fleet node: its `FabricNode` spec (labels and roles) and running versions.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FleetNode {
+    /// Labels and roles, from the node's `FabricNode`.
     pub spec: FabricNodeSpec,
+    /// What it runs now.
     pub versions: Versions,
 }
 
@@ -58,8 +66,10 @@ pub type Fleet = BTreeMap<String, FleetNode>;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
+    /// A fresh heartbeat that reports the node healthy.
     #[default]
     Healthy,
+    /// A fresh heartbeat that reports it unhealthy, or one that does not parse.
     Unhealthy,
     /// No fresh heartbeat within the intake's deadline.
     HeartbeatLost,
@@ -71,7 +81,9 @@ pub use fabric_proto::update::{UpdateReport, UpdateState};
 /// What the latest heartbeat of a node says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeLive {
+    /// Health judged from the latest heartbeat.
     pub health: Health,
+    /// The node's report on its update, if it sent one.
     pub update: Option<UpdateReport>,
 }
 
@@ -83,10 +95,15 @@ pub type LiveStates = BTreeMap<String, NodeLive>;
 /// a node from holding two leases at once).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutstandingLease {
+    /// The node the lease lets apply.
     pub node: String,
+    /// The intent it is for.
     pub intent: String,
+    /// The intent generation it is for.
     pub intent_generation: u64,
+    /// The agent it lets the node update.
     pub phase: Component,
+    /// The lease's id.
     pub lease_id: String,
     /// Unix seconds.
     pub expires_at: i64,
@@ -110,6 +127,7 @@ impl OutstandingLease {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutControl {
+    /// No new leases; outstanding ones may finish.
     pub paused: bool,
     /// Set with the operator's reason; every outstanding lease is revoked.
     pub aborted: Option<String>,
@@ -124,7 +142,9 @@ pub struct RolloutControl {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StopCause {
+    /// Which stop condition fired.
     pub reason: Reason,
+    /// The details, for status and events.
     pub message: String,
 }
 
@@ -141,6 +161,7 @@ pub struct RolloutProgress {
     pub attempts: BTreeMap<String, u32>,
     /// Index of the canary step being filled (0-based).
     pub canary_step: u32,
+    /// Set when the planner stopped the rollout by itself.
     pub stopped: Option<StopCause>,
 }
 
@@ -186,6 +207,7 @@ pub struct PlannerConfig {
     /// early failure of two would otherwise read as 50 %). Capped at the
     /// number of nodes the rollout has to update.
     pub min_failure_sample: u32,
+    /// What to do with the only relay, ingress or egress of an area.
     pub sole_area_provider: SoleAreaProvider,
 }
 
@@ -205,14 +227,21 @@ impl Default for PlannerConfig {
 pub struct TickInput<'a> {
     /// Unix seconds; the planner never reads a clock.
     pub now: i64,
+    /// The intent being rolled out.
     pub intent: &'a IntentInput,
+    /// The `RolloutPolicy` it names.
     pub policy: &'a RolloutPolicySpec,
+    /// Every node, by name.
     pub fleet: &'a Fleet,
+    /// What the latest heartbeats say, by node.
     pub live: &'a LiveStates,
     /// Outstanding leases of every intent.
     pub leases: &'a [OutstandingLease],
+    /// What the operator decided.
     pub control: &'a RolloutControl,
+    /// What earlier ticks recorded.
     pub progress: &'a RolloutProgress,
+    /// Planner knobs outside the policy.
     pub config: &'a PlannerConfig,
 }
 
@@ -220,16 +249,31 @@ pub struct TickInput<'a> {
 /// `apply`; the planner checks again because it must never guess.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
+    /// `maxParallel` is 0.
     #[error("RolloutPolicy {policy:?}: spec.maxParallel must be >= 1 (got 0)")]
-    ZeroMaxParallel { policy: String },
+    ZeroMaxParallel {
+        /// The policy's name.
+        policy: String,
+    },
+    /// A canary step sets both or neither of count and percent, or an out-of-range value.
     #[error("RolloutPolicy {policy:?}: spec.canarySteps[{index}] must set exactly one of count or percent (percent 1-100)")]
-    BadCanaryStep { policy: String, index: usize },
+    BadCanaryStep {
+        /// The policy's name.
+        policy: String,
+        /// The step's position in `canarySteps`.
+        index: usize,
+    },
+    /// The strategy needs a field the policy leaves empty.
     #[error("RolloutPolicy {policy:?}: strategy {strategy:?} needs {field}")]
     MissingStrategyField {
+        /// The policy's name.
         policy: String,
+        /// Its strategy.
         strategy: Strategy,
+        /// The missing field, as manifests spell it.
         field: &'static str,
     },
+    /// A [`PlannerConfig`] value is out of range; says which.
     #[error("PlannerConfig: {0}")]
     Config(&'static str),
 }

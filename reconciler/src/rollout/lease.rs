@@ -47,14 +47,21 @@ pub fn lease_id(
 /// What a lease is for; the planner fills it, tests and tools may too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseParams<'a> {
+    /// The intent's name.
     pub intent: &'a str,
+    /// The intent generation.
     pub generation: u64,
+    /// The node to lease.
     pub node: &'a str,
+    /// The agent it may update.
     pub phase: Component,
+    /// 1 for the node's first lease in this rollout; feeds the id.
     pub attempt: u32,
     /// Unix seconds.
     pub now: i64,
+    /// Lease lifetime in seconds.
     pub ttl_secs: i64,
+    /// Mark the lease `recoveryOverride` (needs a recovery-admin co-signature).
     pub recovery_override: bool,
 }
 

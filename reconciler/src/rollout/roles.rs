@@ -31,6 +31,7 @@ pub const CORE_ROLES: [NodeRole; 3] = [
 /// The roles each area should keep.
 pub const EDGE_ROLES: [NodeRole; 3] = [NodeRole::Relay, NodeRole::Ingress, NodeRole::Egress];
 
+/// Whether `role` is one of the [`CORE_ROLES`].
 pub fn is_core(role: NodeRole) -> bool {
     CORE_ROLES.contains(&role)
 }

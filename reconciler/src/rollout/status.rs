@@ -11,8 +11,11 @@ use super::input::RolloutProgress;
 /// next tick.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TickOutput {
+    /// Leases to sign and publish.
     pub grant: Vec<LeaseGrant>,
+    /// Leases to withdraw.
     pub revoke: Vec<LeaseRevoke>,
+    /// Where the rollout stands after this tick.
     pub status: RolloutStatus,
     /// Store this and pass it to the next tick.
     pub progress: RolloutProgress,
@@ -22,6 +25,7 @@ pub struct TickOutput {
 /// `spec.recovery_override`) and publish.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeaseGrant {
+    /// The lease to sign.
     pub spec: RolloutLeaseSpec,
     /// 1 for the first lease of this node in this rollout.
     pub attempt: u32,
@@ -30,11 +34,15 @@ pub struct LeaseGrant {
 /// A lease to withdraw: delete the record and tell the node to stop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseRevoke {
+    /// The node holding the lease.
     pub node: String,
+    /// The lease's id.
     pub lease_id: String,
+    /// Why it is withdrawn.
     pub reason: RevokeReason,
 }
 
+/// Why a lease is withdrawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevokeReason {
@@ -55,10 +63,13 @@ pub enum RevokeReason {
 /// Where a rollout is, in one word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RolloutPhase {
+    /// Leases are being granted or are out.
     Progressing,
+    /// Paused by the operator or the policy; no new leases.
     Paused,
     /// Stopped by the planner (failure rate, heartbeat loss, rollback).
     Stopped,
+    /// Aborted by the operator; every outstanding lease is revoked.
     Aborted,
     /// Every targeted node runs the new version.
     Complete,
@@ -70,11 +81,15 @@ pub enum RolloutPhase {
 /// remaining == target`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
+    /// Nodes the intent's target selects.
     pub target: u32,
     /// Runs the new version (including nodes that already did).
     pub done: u32,
+    /// Given up on.
     pub failed: u32,
+    /// Hold a lease now.
     pub in_flight: u32,
+    /// Not yet leased.
     pub remaining: u32,
 }
 
@@ -83,6 +98,7 @@ pub struct Counts {
 pub struct CanaryStatus {
     /// 1-based, for humans.
     pub step: u32,
+    /// How many steps there are, the implicit last one included.
     pub steps: u32,
     /// Nodes that must be touched (done, failed or in flight) when this step is full.
     pub step_target: u32,
@@ -91,11 +107,17 @@ pub struct CanaryStatus {
 /// Stable condition reasons (Kubernetes `reason` style).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Reason {
+    /// The rollout is paused.
     Paused,
+    /// The operator aborted the rollout.
     Aborted,
+    /// Too many finished nodes failed; the rollout stopped.
     FailureRateExceeded,
+    /// A leased node is heartbeat-lost; the rollout stopped.
     HeartbeatLost,
+    /// A node rolled back; the rollout stopped.
     RolledBack,
+    /// Every targeted node runs the new version.
     Complete,
     /// The lease set would have started every targeted node at once.
     FarmWideStartRefused,
@@ -110,6 +132,7 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The reason as conditions spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Paused => "Paused",
@@ -136,23 +159,32 @@ impl std::fmt::Display for Reason {
 /// One condition: a reason and a message an operator can act on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Condition {
+    /// The stable reason.
     pub reason: Reason,
+    /// What an operator should know or do.
     pub message: String,
 }
 
+/// A rollout's status as one tick sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutStatus {
+    /// Where the rollout is.
     pub phase: RolloutPhase,
+    /// Node counts over the target set.
     pub counts: Counts,
+    /// The canary step being filled, for the canary strategy.
     pub canary: Option<CanaryStatus>,
+    /// Every reason that applies, with its message.
     pub conditions: Vec<Condition>,
 }
 
 impl RolloutStatus {
+    /// Whether a condition with `reason` is set.
     pub fn has(&self, reason: Reason) -> bool {
         self.conditions.iter().any(|c| c.reason == reason)
     }
 
+    /// The condition with `reason`, if set.
     pub fn condition(&self, reason: Reason) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.reason == reason)
     }

@@ -55,6 +55,7 @@ pub type OnChange = Arc<dyn Fn(Vec<ObjectKey>) + Send + Sync>;
 /// How the source behaves.
 #[derive(Clone, Debug)]
 pub struct GitOpsConfig {
+    /// The manifest folder.
     pub dir: PathBuf,
     /// Delete objects that disappeared from the folder (default: only report them).
     pub prune: bool,
@@ -65,6 +66,7 @@ pub struct GitOpsConfig {
 }
 
 impl GitOpsConfig {
+    /// Defaults for `dir`: no prune, 300 ms debounce, 60 s resync.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         GitOpsConfig {
             dir: dir.into(),
@@ -79,12 +81,16 @@ impl GitOpsConfig {
 /// source: they are reported in [`SourceStatus`] and the loop goes on).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// The folder could not be watched.
     #[error("watching {dir}: {source}")]
     Watch {
+        /// The folder.
         dir: String,
+        /// The watcher's error.
         #[source]
         source: notify::Error,
     },
+    /// The blocking manifest load panicked or was cancelled.
     #[error("manifest loader task failed: {0}")]
     Loader(String),
 }
@@ -108,14 +114,20 @@ pub struct SourceStatus {
 /// The result of one sync.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SyncOutcome {
+    /// The folder was valid and written in one batch.
     Applied {
         /// Objects created or changed (spec, labels or annotations).
         changed: Vec<ObjectKey>,
+        /// Objects deleted because they left the folder (with `prune`).
         pruned: Vec<ObjectKey>,
+        /// Objects that left the folder but were kept (without `prune`).
         orphaned: Vec<ObjectKey>,
     },
     /// Nothing was written; the last good state stays in force.
-    Rejected { errors: Vec<String> },
+    Rejected {
+        /// Every manifest error, one line each.
+        errors: Vec<String>,
+    },
 }
 
 /// The GitOps folder source. See the module docs.
@@ -127,6 +139,7 @@ pub struct GitOpsSource {
 }
 
 impl GitOpsSource {
+    /// A source for `config.dir` writing to `store`.
     pub fn new(config: GitOpsConfig, store: Arc<dyn Store>) -> Self {
         GitOpsSource {
             config,
@@ -142,10 +155,12 @@ impl GitOpsSource {
         self
     }
 
+    /// Watches the status of the last sync.
     pub fn status(&self) -> watch::Receiver<SourceStatus> {
         self.status.subscribe()
     }
 
+    /// The source's settings.
     pub fn config(&self) -> &GitOpsConfig {
         &self.config
     }

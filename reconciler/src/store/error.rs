@@ -8,14 +8,20 @@ use std::path::PathBuf;
 pub enum StoreError {
     /// The object, status or rollout state does not exist.
     #[error("{what}: not found")]
-    NotFound { what: String },
+    NotFound {
+        /// The missing thing, e.g. `FabricNode "edge-1"`.
+        what: String,
+    },
 
     /// Optimistic concurrency: the caller's expected version is not the stored one.
     /// `found` is 0 when the object does not exist. Re-read and retry.
     #[error("{what}: conflict: expected version {expected}, store has {found}; re-read and retry")]
     Conflict {
+        /// What was written.
         what: String,
+        /// The version the caller expected.
         expected: u64,
+        /// The version stored (0 if none).
         found: u64,
     },
 
@@ -25,14 +31,22 @@ pub enum StoreError {
         "{what}: generation rollback refused: store holds generation {stored}, offered {offered}"
     )]
     RecordRollback {
+        /// The record concerned.
         what: String,
+        /// Generation already published.
         stored: i64,
+        /// Generation offered.
         offered: i64,
     },
 
     /// The write itself is malformed (empty name, spec not a JSON object, ...).
     #[error("{what}: invalid write: {reason}")]
-    Invalid { what: String, reason: String },
+    Invalid {
+        /// What was written.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// The embedded store file exists but is not a readable store.
     #[error(
@@ -40,7 +54,12 @@ pub enum StoreError {
          restore it from a backup, or move it aside to start with an empty store",
         path.display()
     )]
-    Corrupt { path: PathBuf, detail: String },
+    Corrupt {
+        /// The store file.
+        path: PathBuf,
+        /// What the engine reported.
+        detail: String,
+    },
 
     /// Another process holds the embedded store file open for writing.
     #[error(
@@ -48,12 +67,17 @@ pub enum StoreError {
          only one reconciler may use an embedded store (use PostgreSQL for replicas)",
         path.display()
     )]
-    Locked { path: PathBuf },
+    Locked {
+        /// The store file.
+        path: PathBuf,
+    },
 
     /// An I/O or engine failure in the embedded store.
     #[error("embedded store {}: {op}: {source}", path.display())]
     Embedded {
+        /// The store file.
         path: PathBuf,
+        /// The operation that failed, e.g. `write lease`.
         op: &'static str,
         /// Boxed: redb's error is large and would bloat every `Result`.
         #[source]
@@ -63,7 +87,9 @@ pub enum StoreError {
     /// A PostgreSQL failure (connection, query, transaction).
     #[error("postgres store: {op}: {source}")]
     Postgres {
+        /// The operation that failed.
         op: &'static str,
+        /// The driver's error.
         #[source]
         source: tokio_postgres::Error,
     },
@@ -71,8 +97,11 @@ pub enum StoreError {
     /// A schema migration failed; its transaction was rolled back.
     #[error("postgres store: migration {version} ({name}) failed: {source}")]
     Migration {
+        /// The migration's number.
         version: i64,
+        /// The migration's name.
         name: &'static str,
+        /// The driver's error.
         #[source]
         source: tokio_postgres::Error,
     },
@@ -83,7 +112,12 @@ pub enum StoreError {
         "postgres store: database schema is at migration {found}, this binary knows up to \
          {known}; upgrade the reconciler"
     )]
-    SchemaTooNew { found: i64, known: i64 },
+    SchemaTooNew {
+        /// Highest migration the database has applied.
+        found: i64,
+        /// Highest migration this binary knows.
+        known: i64,
+    },
 
     /// Missing or malformed configuration.
     #[error("store configuration: {0}")]
@@ -91,11 +125,21 @@ pub enum StoreError {
 
     /// A stored row could not be decoded.
     #[error("{what}: stored data is unreadable: {detail}")]
-    Decode { what: String, detail: String },
+    Decode {
+        /// The row concerned.
+        what: String,
+        /// Why it does not decode.
+        detail: String,
+    },
 
     /// A blocking store task panicked or was cancelled.
     #[error("store task for {op} did not finish: {detail}")]
-    Task { op: &'static str, detail: String },
+    Task {
+        /// The store operation.
+        op: &'static str,
+        /// What went wrong: a panic, a cancellation, a missing result.
+        detail: String,
+    },
 }
 
 /// Shorthand used throughout the store.

@@ -12,8 +12,11 @@ use super::{Result, StoreError};
 /// One schema change.
 #[derive(Clone, Copy, Debug)]
 pub struct Migration {
+    /// 1, 2, 3, ...; recorded in `schema_migrations` once applied.
     pub version: i64,
+    /// Short description, recorded with the version.
     pub name: &'static str,
+    /// The statements, run in one transaction.
     pub sql: &'static str,
 }
 
@@ -113,7 +116,7 @@ CREATE TRIGGER events_append_only
 ];
 
 /// Highest migration this binary knows.
-pub fn latest_version() -> i64 {
+pub(crate) fn latest_version() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.version)
 }
 

@@ -59,11 +59,15 @@ pub fn now_millis() -> UnixMillis {
 /// Writes a desired object (the `apply` of a manifest).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PutObject {
+    /// Kind of the object.
     pub kind: Kind,
+    /// The object's `metadata.name`.
     pub name: String,
     /// Must be a JSON object.
     pub spec: Json,
+    /// Labels to store with the object.
     pub labels: BTreeMap<String, String>,
+    /// Annotations to store with the object.
     pub annotations: BTreeMap<String, String>,
     /// Optimistic concurrency: `None` writes unconditionally, `Some(0)` only
     /// creates (fails if the object exists), `Some(v)` only if the stored
@@ -111,18 +115,23 @@ impl PutObject {
 /// A desired object as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredObject {
+    /// Kind of the object.
     pub kind: Kind,
     /// Name, labels, annotations and `generation` (always `Some`).
     pub metadata: Metadata,
     /// Store-wide, strictly increasing on every change of this object (spec,
     /// labels, annotations or status); what optimistic concurrency compares.
     pub resource_version: u64,
+    /// The desired spec as JSON.
     pub spec: Json,
+    /// The status the controller last wrote, if any.
     pub status: Option<Json>,
+    /// When the object last changed.
     pub updated_at: UnixMillis,
 }
 
 impl StoredObject {
+    /// The object's `metadata.name`.
     pub fn name(&self) -> &str {
         &self.metadata.name
     }
@@ -136,11 +145,15 @@ impl StoredObject {
 /// A signed record as published.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredRecord {
+    /// Kind of the record.
     pub kind: Kind,
+    /// The record's name (its object's name).
     pub name: String,
+    /// The record generation, as signed in the envelope.
     pub generation: i64,
     /// The encoded signed envelope, byte for byte.
     pub envelope: Vec<u8>,
+    /// When the envelope was stored.
     pub stored_at: UnixMillis,
 }
 
@@ -159,19 +172,25 @@ pub enum RecordOutcome {
 /// One heartbeat as received by the intake.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Heartbeat {
+    /// The node's name.
     pub node: String,
+    /// The heartbeat body as sent.
     pub body: Json,
+    /// When the intake received it; latest wins.
     pub received_at: UnixMillis,
 }
 
 /// The latest heartbeat of a node plus counters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredHeartbeat {
+    /// The node's name.
     pub node: String,
     /// The body with the greatest `received_at` seen so far (latest wins; an
     /// older heartbeat delivered late is counted but does not replace it).
     pub body: Json,
+    /// When `body` was received.
     pub received_at: UnixMillis,
+    /// When the first heartbeat of this node was received.
     pub first_seen: UnixMillis,
     /// Every heartbeat ever received from this node.
     pub received_count: u64,
@@ -180,37 +199,48 @@ pub struct StoredHeartbeat {
 /// Durable state of one rollout (the orchestrator's plan progress).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RolloutState {
+    /// The rollout's name (its intent's).
     pub name: String,
+    /// The orchestrator's progress, as JSON.
     pub state: Json,
     /// Starts at 1, +1 on every write; what `expected_version` compares.
     pub version: u64,
+    /// When the state was last written.
     pub updated_at: UnixMillis,
 }
 
 /// A rollout lease as the orchestrator granted it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
+    /// The lease id.
     pub id: String,
+    /// The rollout the lease belongs to.
     pub rollout: String,
+    /// The node the lease lets apply.
     pub node: String,
     /// The lease spec, or the envelope metadata the orchestrator keeps.
     pub body: Json,
+    /// When the lease lapses.
     pub expires_at: UnixMillis,
 }
 
 /// An audit event to append.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NewEvent {
+    /// When the event happened.
     pub at: UnixMillis,
     /// What the event is about, e.g. `UpdateIntent/node-agent-0.3` or a node id.
     pub subject: String,
     /// A short CamelCase reason (`RolloutPaused`, `LeaseGranted`).
     pub reason: String,
+    /// A human-readable sentence.
     pub message: String,
+    /// Structured detail, `null` if none.
     pub data: Json,
 }
 
 impl NewEvent {
+    /// An event stamped now, with no data.
     pub fn new(
         subject: impl Into<String>,
         reason: impl Into<String>,
@@ -232,6 +262,7 @@ pub struct Event {
     /// Strictly increasing, in commit order: a reader paging with
     /// `list_events(last_seen_seq)` never misses an event.
     pub seq: u64,
+    /// The event as appended.
     #[serde(flatten)]
     pub event: NewEvent,
 }
@@ -239,58 +270,89 @@ pub struct Event {
 /// A held leadership.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Leadership {
+    /// The election's name.
     pub election: String,
+    /// The replica holding it.
     pub holder: String,
     /// Fencing token: +1 every time leadership changes hands. A leader can stamp
     /// its writes with it so a deposed leader's late writes are recognisable.
     pub term: u64,
+    /// When the leadership lapses unless renewed.
     pub expires_at: UnixMillis,
 }
 
 /// One write inside an atomic [`Store::apply_batch`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
+    /// Create or update a desired object.
     PutObject(PutObject),
+    /// Write an object's status.
     PutStatus {
+        /// Kind of the object.
         kind: Kind,
+        /// Name of the object.
         name: String,
+        /// The new status.
         status: Json,
+        /// Compare-and-set on `resource_version`; `None` is unconditional.
         expected_version: Option<u64>,
     },
+    /// Delete a desired object.
     DeleteObject {
+        /// Kind of the object.
         kind: Kind,
+        /// Name of the object.
         name: String,
+        /// Compare-and-set on `resource_version`; `None` is unconditional.
         expected_version: Option<u64>,
     },
+    /// Publish a signed record.
     PutRecord {
+        /// Kind of the record.
         kind: Kind,
+        /// Name of the record.
         name: String,
+        /// The record generation in the envelope; may not go back.
         generation: i64,
+        /// The encoded signed envelope.
         envelope: Vec<u8>,
     },
+    /// Write a rollout's state.
     PutRolloutState {
+        /// The rollout's name.
         name: String,
+        /// The new state.
         state: Json,
+        /// Compare-and-set on the state's `version`; `None` unconditional, `Some(0)` create only.
         expected_version: Option<u64>,
     },
+    /// Store a lease, replacing one with the same id.
     PutLease(Lease),
+    /// Delete a lease.
     DeleteLease {
+        /// The lease id.
         id: String,
     },
+    /// Append an audit event.
     AppendEvent(NewEvent),
 }
 
 /// The result of one [`Op`], in the same position as the op in the batch.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Applied {
+    /// The object as stored after a put or status write.
     Object(StoredObject),
     /// `true` if an object was deleted.
     Deleted(bool),
+    /// What publishing the record did.
     Record(RecordOutcome),
+    /// The rollout state as written.
     RolloutState(RolloutState),
+    /// The lease was stored.
     Lease,
     /// `true` if a lease was deleted.
     LeaseDeleted(bool),
+    /// The appended event's sequence number.
     Event(u64),
 }
 
@@ -304,6 +366,7 @@ pub trait Store: Send + Sync {
     /// ones). If any op fails, nothing is written and that op's error is returned.
     fn apply_batch(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Vec<Applied>>>;
 
+    /// A live object by kind and name.
     fn get_object<'a>(
         &'a self,
         kind: Kind,
@@ -313,6 +376,7 @@ pub trait Store: Send + Sync {
     /// Every live object of a kind, sorted by name.
     fn list_objects(&self, kind: Kind) -> BoxFuture<'_, Result<Vec<StoredObject>>>;
 
+    /// The published record of a kind and name.
     fn get_record<'a>(
         &'a self,
         kind: Kind,
@@ -329,6 +393,7 @@ pub trait Store: Send + Sync {
     /// Latest heartbeat per node, sorted by node.
     fn list_heartbeats(&self) -> BoxFuture<'_, Result<Vec<StoredHeartbeat>>>;
 
+    /// A rollout's stored state.
     fn get_rollout_state<'a>(
         &'a self,
         name: &'a str,
@@ -479,6 +544,7 @@ pub trait Store: Send + Sync {
         })
     }
 
+    /// Stores a lease, replacing one with the same id.
     fn put_lease(&self, lease: Lease) -> BoxFuture<'_, Result<()>> {
         single(self, Op::PutLease(lease), |a| match a {
             Applied::Lease => Some(()),
@@ -486,6 +552,7 @@ pub trait Store: Send + Sync {
         })
     }
 
+    /// Deletes a lease; `false` if there was none.
     fn delete_lease<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool>> {
         let op = Op::DeleteLease { id: id.to_owned() };
         single(self, op, |a| match a {

@@ -31,7 +31,7 @@ use super::{
 /// `host=/var/run/postgresql user=postgres dbname=fabric_test`.
 pub const PG_URL_ENV: &str = "FABRIC_PG_URL";
 /// Optional environment variable naming the schema (default `fabric`).
-pub const PG_SCHEMA_ENV: &str = "FABRIC_PG_SCHEMA";
+pub(crate) const PG_SCHEMA_ENV: &str = "FABRIC_PG_SCHEMA";
 
 /// Advisory lock that serialises event appends, so event `seq` order is commit
 /// order and a reader paging by `seq` never skips an event committed late.
@@ -53,6 +53,7 @@ pub struct PostgresConfig {
 }
 
 impl PostgresConfig {
+    /// Schema `fabric`, a pool of 4 connections.
     pub fn new(url: impl Into<String>) -> PostgresConfig {
         PostgresConfig {
             url: url.into(),
@@ -76,6 +77,7 @@ impl PostgresConfig {
         Ok(config)
     }
 
+    /// The same config in another schema.
     pub fn with_schema(mut self, schema: impl Into<String>) -> PostgresConfig {
         self.schema = schema.into();
         self
@@ -286,6 +288,7 @@ impl PostgresStore {
             .map_err(pg("drop schema"))
     }
 
+    /// The config the store was opened with.
     pub fn config(&self) -> &PostgresConfig {
         &self.inner.config
     }

@@ -23,11 +23,11 @@ use fabric_schemas::kinds::{Component, Kind, RolloutLeaseSpec};
 use fabric_schemas::{accept, Accepted, Role, Spec, TrustAnchor};
 use serde_json::{json, Value};
 
-pub const OLD: &str = "0.1.0";
-pub const NEW: &str = "0.2.0";
-pub const T0: i64 = 1_798_761_600;
-pub const INTENT: &str = "node-agent-0-2-0";
-pub const POLICY: &str = "careful";
+pub(crate) const OLD: &str = "0.1.0";
+pub(crate) const NEW: &str = "0.2.0";
+pub(crate) const T0: i64 = 1_798_761_600;
+pub(crate) const INTENT: &str = "node-agent-0-2-0";
+pub(crate) const POLICY: &str = "careful";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -253,12 +253,12 @@ impl World {
 }
 
 /// A healthy node-agent heartbeat, as the intake stores it.
-pub fn hb(node_agent: &str) -> Value {
+pub(crate) fn hb(node_agent: &str) -> Value {
     fabric_testkit::heartbeat_json("n", node_agent, Some(OLD))
 }
 
 /// A heartbeat with an update report.
-pub fn hb_report(node_agent: &str, lease_id: &str, state: &str) -> Value {
+pub(crate) fn hb_report(node_agent: &str, lease_id: &str, state: &str) -> Value {
     let mut v = hb(node_agent);
     v["updater"]["update"] = json!({"intent": INTENT, "generation": 1, "phase": "node-agent",
                                     "lease_id": lease_id, "state": state});
@@ -266,13 +266,13 @@ pub fn hb_report(node_agent: &str, lease_id: &str, state: &str) -> Value {
 }
 
 /// A compat node's heartbeat: no lease support.
-pub fn hb_compat(node_agent: &str) -> Value {
+pub(crate) fn hb_compat(node_agent: &str) -> Value {
     let mut v = fabric_testkit::heartbeat_json("n", node_agent, None);
     v["lease_support"] = json!(false);
     v
 }
 
-pub fn rolling(max_parallel: u32, max_unavailable: u32) -> Value {
+pub(crate) fn rolling(max_parallel: u32, max_unavailable: u32) -> Value {
     json!({
         "strategy": "rolling",
         "maxParallel": max_parallel,
@@ -282,7 +282,7 @@ pub fn rolling(max_parallel: u32, max_unavailable: u32) -> Value {
 }
 
 /// Condition types in a stored intent status.
-pub fn condition_types(status: &Value) -> Vec<String> {
+pub(crate) fn condition_types(status: &Value) -> Vec<String> {
     status
         .get("conditions")
         .and_then(Value::as_array)
@@ -294,7 +294,7 @@ pub fn condition_types(status: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-pub fn granted_nodes(report: &TickReport, intent: &str) -> BTreeSet<String> {
+pub(crate) fn granted_nodes(report: &TickReport, intent: &str) -> BTreeSet<String> {
     report
         .rollout(intent)
         .map(|r| r.granted.iter().map(|g| g.node.clone()).collect())
@@ -329,6 +329,6 @@ fn pg_config(test: &str) -> Option<PostgresConfig> {
     }
 }
 
-pub fn phase_of(component: Component) -> &'static str {
+pub(crate) fn phase_of(component: Component) -> &'static str {
     component.as_str()
 }

@@ -13,11 +13,11 @@ use fabric_schemas::kinds::{
 };
 use fabric_schemas::time::parse_rfc3339;
 
-pub const OLD: &str = "0.1.0";
-pub const NEW: &str = "0.2.0";
-pub const T0: i64 = 1_798_761_600;
+pub(crate) const OLD: &str = "0.1.0";
+pub(crate) const NEW: &str = "0.2.0";
+pub(crate) const T0: i64 = 1_798_761_600;
 
-pub fn spec(area: &str, site: &str, nat: &str, roles: &[NodeRole]) -> FabricNodeSpec {
+pub(crate) fn spec(area: &str, site: &str, nat: &str, roles: &[NodeRole]) -> FabricNodeSpec {
     FabricNodeSpec {
         area: area.into(),
         site_id: site.into(),
@@ -33,17 +33,17 @@ pub fn spec(area: &str, site: &str, nat: &str, roles: &[NodeRole]) -> FabricNode
 
 /// `Fleet::new().areas(3).nodes_per_area(4)` in the style of STYLE.md.
 #[derive(Default)]
-pub struct FleetBuilder {
+pub(crate) struct FleetBuilder {
     fleet: Fleet,
 }
 
 impl FleetBuilder {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// `n` plain nodes per area named `<area>-<i>`, one site and NAT group per area.
-    pub fn areas(mut self, areas: &[&str], n: usize) -> Self {
+    pub(crate) fn areas(mut self, areas: &[&str], n: usize) -> Self {
         for area in areas {
             for i in 1..=n {
                 let name = format!("{area}-{i}");
@@ -54,23 +54,23 @@ impl FleetBuilder {
         self
     }
 
-    pub fn node(mut self, name: &str, area: &str, roles: &[NodeRole]) -> Self {
+    pub(crate) fn node(mut self, name: &str, area: &str, roles: &[NodeRole]) -> Self {
         let s = spec(area, &format!("{area}-site"), &format!("{area}-nat"), roles);
         self.fleet.insert(name.into(), fleet_node(s));
         self
     }
 
-    pub fn spec_node(mut self, name: &str, s: FabricNodeSpec) -> Self {
+    pub(crate) fn spec_node(mut self, name: &str, s: FabricNodeSpec) -> Self {
         self.fleet.insert(name.into(), fleet_node(s));
         self
     }
 
-    pub fn build(self) -> Fleet {
+    pub(crate) fn build(self) -> Fleet {
         self.fleet
     }
 }
 
-pub fn fleet_node(spec: FabricNodeSpec) -> FleetNode {
+pub(crate) fn fleet_node(spec: FabricNodeSpec) -> FleetNode {
     FleetNode {
         spec,
         versions: Versions {
@@ -80,7 +80,11 @@ pub fn fleet_node(spec: FabricNodeSpec) -> FleetNode {
     }
 }
 
-pub fn policy(strategy: Strategy, max_parallel: u32, max_unavailable: u32) -> RolloutPolicySpec {
+pub(crate) fn policy(
+    strategy: Strategy,
+    max_parallel: u32,
+    max_unavailable: u32,
+) -> RolloutPolicySpec {
     RolloutPolicySpec {
         strategy,
         max_parallel,
@@ -97,21 +101,21 @@ pub fn policy(strategy: Strategy, max_parallel: u32, max_unavailable: u32) -> Ro
     }
 }
 
-pub fn count(c: u32) -> CanaryStep {
+pub(crate) fn count(c: u32) -> CanaryStep {
     CanaryStep {
         count: Some(c),
         percent: None,
     }
 }
 
-pub fn percent(p: u32) -> CanaryStep {
+pub(crate) fn percent(p: u32) -> CanaryStep {
     CanaryStep {
         count: None,
         percent: Some(p),
     }
 }
 
-pub fn intent(name: &str, component: Component) -> IntentInput {
+pub(crate) fn intent(name: &str, component: Component) -> IntentInput {
     IntentInput {
         name: name.into(),
         generation: 1,
@@ -132,7 +136,7 @@ pub fn intent(name: &str, component: Component) -> IntentInput {
     }
 }
 
-pub fn all_healthy(fleet: &Fleet) -> LiveStates {
+pub(crate) fn all_healthy(fleet: &Fleet) -> LiveStates {
     fleet
         .keys()
         .map(|n| (n.clone(), NodeLive::default()))
@@ -140,7 +144,7 @@ pub fn all_healthy(fleet: &Fleet) -> LiveStates {
 }
 
 /// One rollout and the world around it, advanced tick by tick.
-pub struct Sim {
+pub(crate) struct Sim {
     pub fleet: Fleet,
     pub live: LiveStates,
     pub leases: Vec<OutstandingLease>,
@@ -154,7 +158,7 @@ pub struct Sim {
 }
 
 impl Sim {
-    pub fn new(fleet: Fleet, policy: RolloutPolicySpec) -> Sim {
+    pub(crate) fn new(fleet: Fleet, policy: RolloutPolicySpec) -> Sim {
         let live = all_healthy(&fleet);
         Sim {
             fleet,
@@ -170,7 +174,7 @@ impl Sim {
         }
     }
 
-    pub fn input(&self) -> TickInput<'_> {
+    pub(crate) fn input(&self) -> TickInput<'_> {
         TickInput {
             now: self.now,
             intent: &self.intent,
@@ -186,7 +190,7 @@ impl Sim {
 
     /// Plans and applies the output: revoked leases go, granted ones come,
     /// leased nodes report `leased`; time moves on by a minute.
-    pub fn tick(&mut self) -> TickOutput {
+    pub(crate) fn tick(&mut self) -> TickOutput {
         let out = plan(&self.input()).expect("valid policy");
         self.apply(&out);
         self.now += 60;
@@ -194,7 +198,7 @@ impl Sim {
         out
     }
 
-    pub fn apply(&mut self, out: &TickOutput) {
+    pub(crate) fn apply(&mut self, out: &TickOutput) {
         let revoked: Vec<&str> = out.revoke.iter().map(|r| r.lease_id.as_str()).collect();
         self.leases
             .retain(|l| !revoked.contains(&l.lease_id.as_str()));
@@ -212,18 +216,18 @@ impl Sim {
         self.progress = out.progress.clone();
     }
 
-    pub fn leased_nodes(&self) -> Vec<String> {
+    pub(crate) fn leased_nodes(&self) -> Vec<String> {
         let mut v: Vec<String> = self.leases.iter().map(|l| l.node.clone()).collect();
         v.sort();
         v
     }
 
-    pub fn lease_of(&self, node: &str) -> Option<&OutstandingLease> {
+    pub(crate) fn lease_of(&self, node: &str) -> Option<&OutstandingLease> {
         self.leases.iter().find(|l| l.node == node)
     }
 
     /// The node reports `state` for its current lease of this intent.
-    pub fn report(&mut self, node: &str, state: UpdateState) {
+    pub(crate) fn report(&mut self, node: &str, state: UpdateState) {
         let lease_id = self.lease_of(node).map(|l| l.lease_id.clone());
         let live = self.live.entry(node.into()).or_default();
         live.update = Some(UpdateReport {
@@ -236,7 +240,7 @@ impl Sim {
     }
 
     /// The node finished: it runs the new version and reports healthy.
-    pub fn complete(&mut self, node: &str) {
+    pub(crate) fn complete(&mut self, node: &str) {
         if let Some(n) = self.fleet.get_mut(node) {
             match self.intent.spec.component {
                 Component::NodeAgent => n.versions.node_agent = Some(NEW.into()),
@@ -246,19 +250,19 @@ impl Sim {
         self.report(node, UpdateState::Healthy);
     }
 
-    pub fn complete_all_leased(&mut self) {
+    pub(crate) fn complete_all_leased(&mut self) {
         for n in self.leased_nodes() {
             self.complete(&n);
         }
     }
 
-    pub fn set_health(&mut self, node: &str, h: Health) {
+    pub(crate) fn set_health(&mut self, node: &str, h: Health) {
         self.live.entry(node.into()).or_default().health = h;
     }
 
     /// Ticks, completing every leased node each time, until nothing is
     /// leased and nothing was granted; returns the number of ticks.
-    pub fn run_to_end(&mut self, max_ticks: usize) -> usize {
+    pub(crate) fn run_to_end(&mut self, max_ticks: usize) -> usize {
         for i in 0..max_ticks {
             let out = self.tick();
             if out.grant.is_empty() && self.leases.is_empty() {

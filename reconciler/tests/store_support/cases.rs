@@ -28,7 +28,7 @@ fn lease(id: &str, rollout: &str, node: &str) -> Lease {
     }
 }
 
-pub async fn generation_bumps_only_when_the_spec_changes(h: &mut Harness) {
+pub(crate) async fn generation_bumps_only_when_the_spec_changes(h: &mut Harness) {
     let store = h.store().await;
     let first = store
         .put_object(PutObject::new(NODE, "edge-1", json!({"roles": ["relay"]})))
@@ -103,7 +103,7 @@ pub async fn generation_bumps_only_when_the_spec_changes(h: &mut Harness) {
     assert_eq!(again.generation(), 3);
 }
 
-pub async fn stale_resource_version_is_a_conflict(h: &mut Harness) {
+pub(crate) async fn stale_resource_version_is_a_conflict(h: &mut Harness) {
     let store = h.store().await;
     let v1 = store
         .put_object(PutObject::new(NODE, "n", json!({"a": 1})).expect_version(0))
@@ -148,7 +148,7 @@ pub async fn stale_resource_version_is_a_conflict(h: &mut Harness) {
     assert_eq!(current.resource_version, v2.resource_version);
 }
 
-pub async fn status_write_never_bumps_generation(h: &mut Harness) {
+pub(crate) async fn status_write_never_bumps_generation(h: &mut Harness) {
     let store = h.store().await;
     let put = store
         .put_object(PutObject::new(NODE, "n", json!({"a": 1})))
@@ -184,7 +184,7 @@ pub async fn status_write_never_bumps_generation(h: &mut Harness) {
     assert!(matches!(missing, StoreError::NotFound { .. }), "{missing}");
 }
 
-pub async fn record_generation_rollback_is_refused(h: &mut Harness) {
+pub(crate) async fn record_generation_rollback_is_refused(h: &mut Harness) {
     let store = h.store().await;
     let svc = Kind::ServiceRecord;
     assert_eq!(
@@ -246,7 +246,7 @@ pub async fn record_generation_rollback_is_refused(h: &mut Harness) {
     assert_eq!(store.list_records(Some(svc)).await.unwrap().len(), 1);
 }
 
-pub async fn latest_heartbeat_wins_and_all_are_counted(h: &mut Harness) {
+pub(crate) async fn latest_heartbeat_wins_and_all_are_counted(h: &mut Harness) {
     let store = h.store().await;
     store
         .record_heartbeat("node-b", json!({"v": 2}), 200)
@@ -296,7 +296,7 @@ pub async fn latest_heartbeat_wins_and_all_are_counted(h: &mut Harness) {
     );
 }
 
-pub async fn rollout_state_is_versioned(h: &mut Harness) {
+pub(crate) async fn rollout_state_is_versioned(h: &mut Harness) {
     let store = h.store().await;
     let v1 = store
         .put_rollout_state("na-0.3", json!({"wave": 1}), Some(0))
@@ -323,7 +323,7 @@ pub async fn rollout_state_is_versioned(h: &mut Harness) {
     assert_eq!(store.get_rollout_state("other").await.unwrap(), None);
 }
 
-pub async fn leases_rollout_state_and_events_survive_reopen(h: &mut Harness) {
+pub(crate) async fn leases_rollout_state_and_events_survive_reopen(h: &mut Harness) {
     {
         let store = h.store().await;
         store
@@ -384,7 +384,7 @@ pub async fn leases_rollout_state_and_events_survive_reopen(h: &mut Harness) {
     assert!(next.resource_version > obj.resource_version);
 }
 
-pub async fn events_are_paged_in_commit_order(h: &mut Harness) {
+pub(crate) async fn events_are_paged_in_commit_order(h: &mut Harness) {
     let store = h.store().await;
     let mut seqs = Vec::new();
     for i in 0..5 {
@@ -408,7 +408,7 @@ pub async fn events_are_paged_in_commit_order(h: &mut Harness) {
     assert!(matches!(bad, Err(StoreError::Invalid { .. })), "{bad:?}");
 }
 
-pub async fn batch_with_one_invalid_op_changes_nothing(h: &mut Harness) {
+pub(crate) async fn batch_with_one_invalid_op_changes_nothing(h: &mut Harness) {
     let store = h.store().await;
     store
         .put_record(Kind::ServiceRecord, "api", 5, b"v5".to_vec())
@@ -456,7 +456,7 @@ pub async fn batch_with_one_invalid_op_changes_nothing(h: &mut Harness) {
     assert!(store.list_objects(NODE).await.unwrap().is_empty());
 }
 
-pub async fn batch_ops_see_earlier_ops(h: &mut Harness) {
+pub(crate) async fn batch_ops_see_earlier_ops(h: &mut Harness) {
     let store = h.store().await;
     let applied = store
         .apply_batch(vec![
@@ -491,7 +491,7 @@ pub async fn batch_ops_see_earlier_ops(h: &mut Harness) {
     assert!(matches!(applied[4], Applied::Event(_)));
 }
 
-pub async fn exactly_one_leader_among_contending_replicas(h: &mut Harness) {
+pub(crate) async fn exactly_one_leader_among_contending_replicas(h: &mut Harness) {
     // Several replicas (separate connection pools on PostgreSQL) race at once.
     let mut replicas = Vec::new();
     for _ in 0..4 {
@@ -597,7 +597,7 @@ pub async fn exactly_one_leader_among_contending_replicas(h: &mut Harness) {
     }
 }
 
-pub async fn leadership_is_taken_over_after_expiry(h: &mut Harness) {
+pub(crate) async fn leadership_is_taken_over_after_expiry(h: &mut Harness) {
     let a = h.store().await;
     let b = h.store().await;
     let ttl = Duration::from_millis(300);
@@ -646,7 +646,7 @@ pub async fn leadership_is_taken_over_after_expiry(h: &mut Harness) {
     assert_eq!(la2.term, lb.term + 1);
 }
 
-pub async fn invalid_names_are_refused(h: &mut Harness) {
+pub(crate) async fn invalid_names_are_refused(h: &mut Harness) {
     let store = h.store().await;
     for name in ["", "a/b", "tab\there"] {
         let err = store
@@ -666,7 +666,7 @@ pub async fn invalid_names_are_refused(h: &mut Harness) {
 
 // ---- crash safety ---------------------------------------------------------------
 
-pub const CHILD_ENV: &str = "FABRIC_STORE_CRASH_CHILD";
+pub(crate) const CHILD_ENV: &str = "FABRIC_STORE_CRASH_CHILD";
 const OBJECTS_PER_BATCH: usize = 8;
 
 /// Opens the store a child process was pointed at.
@@ -716,7 +716,7 @@ fn crash_batch(i: u64) -> Vec<Op> {
 }
 
 /// The child process: writes batches forever, printing each commit.
-pub async fn crash_writer_child_main() {
+pub(crate) async fn crash_writer_child_main() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
         return;
     };
@@ -766,7 +766,7 @@ async fn assert_whole_batches(store: &dyn Store) -> u64 {
     batch
 }
 
-pub async fn killed_writer_leaves_no_half_applied_batch(h: &mut Harness) {
+pub(crate) async fn killed_writer_leaves_no_half_applied_batch(h: &mut Harness) {
     let spec = match h.backend() {
         Backend::Embedded => format!("embedded:{}", h.path().display()),
         Backend::Postgres => {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::status::ObjectStatus;
 use super::update::Component;
 
+/// Desired state of a rollout lease, signed by the orchestrator.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "fabric.dev",
@@ -24,8 +25,11 @@ pub struct RolloutLeaseSpec {
     pub node: String,
     /// The `UpdateIntent` and the generation of it this lease is for.
     pub intent: String,
+    /// Generation of `intent` the lease is for.
     pub intent_generation: u64,
+    /// Which agent the node may update.
     pub phase: Component,
+    /// Id of the lease, a hash of intent, generation, node, phase and attempt.
     pub lease_id: String,
     /// RFC 3339; the node stops (and does not start) applying after this.
     pub expires_at: String,

@@ -23,21 +23,30 @@ pub use update::{
 
 use serde::{Deserialize, Serialize};
 
+/// Kubernetes API group of every Fabric kind.
 pub const API_GROUP: &str = "fabric.dev";
+/// The `apiVersion` every Fabric manifest carries.
 pub const API_VERSION: &str = "fabric.dev/v1alpha1";
 
 /// Every kind Fabric knows, with its stable wire code for the canonical encoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
+    /// A fleet node ([`FabricNodeSpec`]).
     FabricNode,
+    /// A service and its providers ([`ServiceRecordSpec`]).
     ServiceRecord,
+    /// A component version to roll out ([`UpdateIntentSpec`]).
     UpdateIntent,
+    /// The pace and shape of rollouts ([`RolloutPolicySpec`]).
     RolloutPolicy,
+    /// The orchestrator's permission for one node to apply one phase ([`RolloutLeaseSpec`]).
     RolloutLease,
+    /// The role keys and thresholds records are checked against ([`TrustRootSpec`]).
     TrustRoot,
 }
 
 impl Kind {
+    /// Every kind, in wire-code order.
     pub const ALL: [Kind; 6] = [
         Kind::FabricNode,
         Kind::ServiceRecord,
@@ -59,10 +68,12 @@ impl Kind {
         }
     }
 
+    /// The kind with wire code `code`, if any.
     pub fn from_code(code: u8) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.code() == code)
     }
 
+    /// The kind's name as a manifest's `kind:` spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::FabricNode => "FabricNode",
@@ -74,6 +85,7 @@ impl Kind {
         }
     }
 
+    /// The kind a manifest's `kind:` names, if any.
     pub fn from_name(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.as_str() == name)
     }
@@ -88,15 +100,22 @@ impl std::fmt::Display for Kind {
 /// A typed spec of any kind: what a signed record carries as its payload.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Spec {
+    /// A node's labels, roles and endpoints.
     FabricNode(FabricNodeSpec),
+    /// Which nodes provide a service.
     ServiceRecord(ServiceRecordSpec),
+    /// A component version to roll out.
     UpdateIntent(UpdateIntentSpec),
+    /// How fast and in what shape rollouts move.
     RolloutPolicy(RolloutPolicySpec),
+    /// One node's permission to apply one phase.
     RolloutLease(RolloutLeaseSpec),
+    /// The role keys and thresholds of the fleet.
     TrustRoot(TrustRootSpec),
 }
 
 impl Spec {
+    /// The kind this spec is of.
     pub fn kind(&self) -> Kind {
         match self {
             Spec::FabricNode(_) => Kind::FabricNode,
@@ -108,6 +127,7 @@ impl Spec {
         }
     }
 
+    /// The spec as JSON, as manifests write it (not yet canonical).
     pub fn to_json(&self) -> serde_json::Result<serde_json::Value> {
         match self {
             Spec::FabricNode(s) => serde_json::to_value(s),

@@ -34,6 +34,7 @@ pub struct FabricNodeSpec {
     /// record is only published once it is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// Roles the node takes on for the fleet, such as `relay` or `update-cache`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<NodeRole>,
     /// Addresses the node may be reached at, each valid in its scope.
@@ -42,6 +43,7 @@ pub struct FabricNodeSpec {
     /// Critical nodes must meet their resilience target; the audit lists those that miss it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub critical: bool,
+    /// Minimum failure-domain diversity (seed P3); the audit checks it for critical nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resilience_target: Option<ResilienceTargetSpec>,
 }
@@ -52,15 +54,22 @@ pub struct FabricNodeSpec {
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeRole {
+    /// Serves the control API (a core service).
     ControlApi,
+    /// Holds update artifacts (a core service).
     UpdateStore,
+    /// Caches update artifacts for nearby nodes (a core service).
     UpdateCache,
+    /// Relays traffic for peers without a direct path.
     Relay,
+    /// Takes inbound traffic into the fabric.
     Ingress,
+    /// Carries traffic out of the fabric.
     Egress,
 }
 
 impl NodeRole {
+    /// Every role, in declaration order.
     pub const ALL: [NodeRole; 6] = [
         NodeRole::ControlApi,
         NodeRole::UpdateStore,
@@ -70,6 +79,7 @@ impl NodeRole {
         NodeRole::Egress,
     ];
 
+    /// The role's name as manifests spell it (kebab-case).
     pub fn as_str(self) -> &'static str {
         match self {
             NodeRole::ControlApi => "control-api",
@@ -88,6 +98,7 @@ impl NodeRole {
 pub struct EndpointSpec {
     /// `ip:port` of the node's QUIC (UDP) socket.
     pub address: String,
+    /// Whether the address is reachable from anywhere or only inside its groups.
     pub scope: EndpointScopeSpec,
     /// For private endpoints: the locality group the address is meaningful in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,10 +108,13 @@ pub struct EndpointSpec {
     pub nat_group: Option<String>,
 }
 
+/// Where an endpoint address is reachable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum EndpointScopeSpec {
+    /// Reachable only within its locality or NAT group.
     Private,
+    /// Reachable from anywhere.
     Public,
 }
 
@@ -108,14 +122,19 @@ pub enum EndpointScopeSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResilienceTargetSpec {
+    /// Minimum peers with a confirmed direct path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_ready_count: Option<u32>,
+    /// Minimum peers reachable through a ready relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_ready_count: Option<u32>,
+    /// Minimum ready peers in another area.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_area_ready_count: Option<u32>,
+    /// Minimum ready peers behind independent ingress (different NAT groups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub independent_ingress_ready_count: Option<u32>,
+    /// Minimum independent ways back to the control edge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_path_count: Option<u32>,
 }
@@ -124,11 +143,13 @@ pub struct ResilienceTargetSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FabricNodeStatus {
+    /// Generation and conditions, as every kind reports them.
     #[serde(flatten)]
     pub common: ObjectStatus,
     /// `missing`, `candidate_only` or `active` (seed P1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_status: Option<String>,
+    /// The node-agent version the node last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
 }

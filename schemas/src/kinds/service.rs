@@ -9,6 +9,7 @@ use super::status::ObjectStatus;
 /// The services every node must resolve before its registry is `active`.
 pub const CORE_SERVICES: [&str; 3] = ["control-api", "update-store", "update-cache"];
 
+/// Desired providers of a fabric service.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "fabric.dev",
@@ -26,9 +27,11 @@ pub struct ServiceRecordSpec {
     pub providers: Vec<String>,
 }
 
+/// Observed state of a service record.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceRecordStatus {
+    /// Generation and conditions, as every kind reports them.
     #[serde(flatten)]
     pub common: ObjectStatus,
 }

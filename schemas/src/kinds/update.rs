@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::node::NodeRole;
 use super::status::ObjectStatus;
 
+/// Desired version of one component on a set of nodes.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "fabric.dev",
@@ -20,8 +21,11 @@ use super::status::ObjectStatus;
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateIntentSpec {
+    /// Which agent is updated.
     pub component: Component,
+    /// The version to run.
     pub version: String,
+    /// The artifact to install: hash, size, mirrors.
     pub artifact: ArtifactSpec,
     /// Which nodes the intent applies to; an empty selector selects nothing.
     pub target: TargetSelector,
@@ -34,12 +38,19 @@ pub struct UpdateIntentSpec {
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(rename_all = "kebab-case")]
+// No variant docs: schemars would turn documented variants into a `oneOf`,
+// which changes the CRD schema of `Option<Component>` fields (`firstPhase`
+// loses its `null` enum value and its own description).
+#[allow(missing_docs)]
 pub enum Component {
+    // The node-agent itself.
     NodeAgent,
+    // The per-machine supervisor that runs the node-agent.
     HostAgent,
 }
 
 impl Component {
+    /// The component's name as manifests spell it (kebab-case).
     pub fn as_str(self) -> &'static str {
         match self {
             Component::NodeAgent => "node-agent",
@@ -48,6 +59,7 @@ impl Component {
     }
 }
 
+/// An update artifact, pinned by hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ArtifactSpec {
@@ -64,21 +76,28 @@ pub struct ArtifactSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TargetSelector {
+    /// Selects the whole fleet.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
+    /// Only nodes in these areas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub areas: Vec<String>,
+    /// Only nodes at these sites.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sites: Vec<String>,
+    /// Only nodes in these NAT groups.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nat_groups: Vec<String>,
+    /// Only nodes holding at least one of these roles.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<NodeRole>,
+    /// Only these nodes, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
 }
 
 impl TargetSelector {
+    /// True when nothing is set, so nothing is selected.
     pub fn is_empty(&self) -> bool {
         !self.all
             && self.areas.is_empty()
@@ -102,13 +121,17 @@ impl TargetSelector {
     }
 }
 
+/// Observed progress of an update intent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateIntentStatus {
+    /// Generation and conditions, as every kind reports them.
     #[serde(flatten)]
     pub common: ObjectStatus,
+    /// Targeted nodes that have finished the update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_nodes: Option<u32>,
+    /// Nodes the target selects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_nodes: Option<u32>,
 }

@@ -23,9 +23,12 @@ pub use checks::{check_object, check_references};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
+    /// The object's name; with its kind, its key.
     pub name: String,
+    /// Free-form labels, kept as written.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Free-form annotations, kept as written.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
     /// Set by the control plane; bumped only when the spec changes.
@@ -36,6 +39,7 @@ pub struct Metadata {
 /// Where an object came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Source {
+    /// The file the object was read from.
     pub file: PathBuf,
     /// 1-based line where the object's document starts.
     pub line: usize,
@@ -44,15 +48,20 @@ pub struct Source {
 /// One parsed, strictly typed manifest object.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Object {
+    /// The object's `kind:`.
     pub kind: Kind,
+    /// Its `metadata`.
     pub metadata: Metadata,
+    /// Its spec, strictly parsed as `kind`.
     pub spec: Spec,
     /// Status as written in the file, if any (kept as JSON; the control plane owns it).
     pub status: Option<serde_json::Value>,
+    /// Where it was read from.
     pub source: Source,
 }
 
 impl Object {
+    /// The object's `metadata.name`.
     pub fn name(&self) -> &str {
         &self.metadata.name
     }
@@ -76,18 +85,24 @@ impl Object {
 /// as JSON too (the Control API returns these for a refused apply).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestError {
+    /// The file the problem is in.
     pub file: String,
+    /// 1-based line, when the parser knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
+    /// 1-based column, when the parser knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column: Option<usize>,
+    /// Kind of the object concerned, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Name of the object concerned, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Dotted field path inside the object (`spec.endpoints[0].address`); empty for whole-object errors.
     #[serde(default)]
     pub field: String,
+    /// What is wrong, for a human.
     pub message: String,
 }
 
@@ -119,8 +134,11 @@ impl std::error::Error for ManifestError {}
 /// Everything found under a path: the good objects and every error.
 #[derive(Debug, Default)]
 pub struct LoadReport {
+    /// Objects that loaded and passed every check.
     pub objects: Vec<Object>,
+    /// Every problem found.
     pub errors: Vec<ManifestError>,
+    /// How many manifest files were read.
     pub files: usize,
 }
 

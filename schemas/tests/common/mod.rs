@@ -7,19 +7,19 @@ use fabric_schemas::kinds::{FabricNodeSpec, ServiceRecordSpec, Spec};
 use fabric_schemas::trust::Role;
 use fabric_schemas::{Envelope, Record, Scope, TrustAnchor};
 
-pub const NOW: i64 = 1_800_000_000;
+pub(crate) const NOW: i64 = 1_800_000_000;
 
-pub struct Fixture {
+pub(crate) struct Fixture {
     pub trust: TrustAnchor,
     pub keys: Vec<RoleKey>,
 }
 
 impl Fixture {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_control(1, 1)
     }
 
-    pub fn with_control(keys: u32, threshold: u32) -> Self {
+    pub(crate) fn with_control(keys: u32, threshold: u32) -> Self {
         let plan = TrustRootPlan {
             control_keys: keys,
             control_threshold: threshold,
@@ -30,7 +30,7 @@ impl Fixture {
         Fixture { trust, keys }
     }
 
-    pub fn key(&self, role: Role) -> &SigningKey {
+    pub(crate) fn key(&self, role: Role) -> &SigningKey {
         &self
             .keys
             .iter()
@@ -39,7 +39,7 @@ impl Fixture {
             .key
     }
 
-    pub fn keys_of(&self, role: Role) -> Vec<&SigningKey> {
+    pub(crate) fn keys_of(&self, role: Role) -> Vec<&SigningKey> {
         self.keys
             .iter()
             .filter(|k| k.role == role)
@@ -47,12 +47,12 @@ impl Fixture {
             .collect()
     }
 
-    pub fn control(&self) -> &SigningKey {
+    pub(crate) fn control(&self) -> &SigningKey {
         self.key(Role::Control)
     }
 }
 
-pub fn node_spec(area: &str) -> FabricNodeSpec {
+pub(crate) fn node_spec(area: &str) -> FabricNodeSpec {
     FabricNodeSpec {
         area: area.into(),
         site_id: format!("{area}-site-1"),
@@ -66,17 +66,17 @@ pub fn node_spec(area: &str) -> FabricNodeSpec {
     }
 }
 
-pub fn service_spec() -> Spec {
+pub(crate) fn service_spec() -> Spec {
     Spec::ServiceRecord(ServiceRecordSpec {
         service: "control-api".into(),
         providers: vec!["alpha-1".into()],
     })
 }
 
-pub fn record(spec: &Spec, name: &str, generation: u64) -> Record {
+pub(crate) fn record(spec: &Spec, name: &str, generation: u64) -> Record {
     Record::new(spec, name, generation, NOW - 10, NOW + 3600, Scope::any()).expect("valid record")
 }
 
-pub fn signed(spec: &Spec, name: &str, generation: u64, keys: &[&SigningKey]) -> Vec<u8> {
+pub(crate) fn signed(spec: &Spec, name: &str, generation: u64, keys: &[&SigningKey]) -> Vec<u8> {
     Envelope::sign(record(spec, name, generation), keys).encode()
 }
