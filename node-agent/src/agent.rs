@@ -25,9 +25,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::cache;
+use crate::membership::{
+    decode_hello, encode_hello, refusal_counts, Cooling, Refusal, MAX_HELLO_BYTES,
+    MAX_UNPROVEN_IN_FLIGHT,
+};
 use crate::node_core::{CoreConfig, Effect, LinkView, NodeCore};
 use crate::registry::ProbeResult;
 use crate::status::NodeStatus;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How long an opener may take to send its hello frame.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The fabric service gossip messages travel on.
 pub const GOSSIP_SERVICE: &str = "gossip";
@@ -51,6 +59,9 @@ pub struct AgentConfig {
     /// Signed envelopes to admit at start (how a first node is seeded).
     pub seed_records: Vec<Vec<u8>>,
     pub gossip: GossipConfig,
+    /// Gossip partners kept besides the planned peers; `None` sizes it for
+    /// the fleet (`node_core::default_partners`).
+    pub gossip_partners: Option<usize>,
     /// How often each core-service provider is probed.
     pub probe_interval: Duration,
     /// Transport timers; `None` uses production defaults.
@@ -77,6 +88,7 @@ impl AgentConfig {
             bootstrap: Vec::new(),
             seed_records: Vec::new(),
             gossip: GossipConfig::default(),
+            gossip_partners: None,
             probe_interval: Duration::from_secs(5),
             transport: None,
             control_session: true,
@@ -104,7 +116,15 @@ enum Event {
     Gossip(NodeId, Vec<u8>),
     Inject(Vec<u8>, tokio::sync::oneshot::Sender<Result<bool, String>>),
     Probe(ProbeResult),
-    Sent { to: NodeId, ok: bool },
+    Sent {
+        to: NodeId,
+        ok: bool,
+    },
+    Proof(
+        NodeId,
+        Vec<u8>,
+        tokio::sync::oneshot::Sender<Result<(), Refusal>>,
+    ),
 }
 
 /// A running node-agent.
@@ -203,6 +223,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
             trust: cfg.trust.clone(),
             bootstrap: cfg.bootstrap.clone(),
             gossip: cfg.gossip.clone(),
+            gossip_partners: cfg.gossip_partners,
         },
         cache::load(&cache_path, now),
         &cfg.seed_records,
@@ -223,7 +244,13 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
 
     let members = Members::default();
     spawn_gossip_listener(&transport, &members, events_tx.clone(), shutdown_rx.clone())?;
-    spawn_probe_responder(&transport, &members, cfg.name.clone(), shutdown_rx.clone())?;
+    spawn_probe_responder(
+        &transport,
+        &members,
+        events_tx.clone(),
+        cfg.name.clone(),
+        shutdown_rx.clone(),
+    )?;
 
     // The probe and redial loops run on the shared runtime, keyed per
     // target, with backoff; the core only says what is wanted.
@@ -231,6 +258,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
     let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(256);
     let probe_queue = ProbeLoop::spawn(
         transport.clone(),
+        members.own.clone(),
         targets_rx,
         probe_tx,
         cfg.probe_interval,
@@ -355,13 +383,49 @@ fn spawn_control_session(
     tokio::spawn(driver.run(interval, shutdown));
 }
 
-/// The nodes allowed to use this node's gossip and probe services: those with a
-/// signed node record in the directory, plus the bootstrap peers. Anyone else
-/// holding some ed25519 key is turned away before costing any work.
-#[derive(Clone, Default)]
+/// The door of this node's gossip and probe services (see
+/// [`crate::membership`]): the known members (directory plus bootstrap
+/// peers), the peers cooling down after a refusal, the refusal counters,
+/// and this node's own proof for the channels it opens.
+#[derive(Clone)]
 struct Members {
     ids: Arc<std::sync::RwLock<std::collections::HashSet<NodeId>>>,
-    refused: Arc<std::sync::atomic::AtomicU64>,
+    cooling: Arc<std::sync::Mutex<Cooling>>,
+    refused: Arc<[AtomicU64; 8]>,
+    unproven: Arc<tokio::sync::Semaphore>,
+    own: OwnProof,
+    /// Connections to unwanted peers the core accepts, and the peers it wants.
+    budget: Arc<std::sync::RwLock<(usize, BTreeSet<NodeId>)>>,
+}
+
+/// This node's own signed node record, presented in every hello it sends.
+#[derive(Clone, Default)]
+pub(crate) struct OwnProof(Arc<std::sync::RwLock<Option<Vec<u8>>>>);
+
+impl OwnProof {
+    pub(crate) fn hello(&self) -> Vec<u8> {
+        let own = self.0.read().ok().and_then(|p| p.clone());
+        encode_hello(own.as_deref())
+    }
+
+    fn set(&self, proof: Option<Vec<u8>>) {
+        if let Ok(mut p) = self.0.write() {
+            *p = proof;
+        }
+    }
+}
+
+impl Default for Members {
+    fn default() -> Self {
+        Members {
+            ids: Default::default(),
+            cooling: Default::default(),
+            refused: Arc::new(Default::default()),
+            unproven: Arc::new(tokio::sync::Semaphore::new(MAX_UNPROVEN_IN_FLIGHT)),
+            own: OwnProof::default(),
+            budget: Arc::new(std::sync::RwLock::new((usize::MAX, BTreeSet::new()))),
+        }
+    }
 }
 
 impl Members {
@@ -371,18 +435,85 @@ impl Members {
         }
     }
 
-    fn admits(&self, id: &NodeId) -> bool {
-        let ok = self.ids.read().is_ok_and(|m| m.contains(id));
-        if !ok {
-            self.refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn add(&self, id: NodeId) {
+        if let Ok(mut m) = self.ids.write() {
+            m.insert(id);
         }
-        ok
+        if let Ok(mut c) = self.cooling.lock() {
+            c.clear(&id);
+        }
+    }
+
+    /// Over budget, a peer this node does not want is turned away: it is
+    /// let in while connections to unwanted peers (itself included) stay
+    /// within the core's inbound allowance.
+    fn over_budget_for(&self, id: &NodeId, connected: &[NodeId]) -> bool {
+        self.budget.read().is_ok_and(|b| {
+            let (allowance, wanted) = &*b;
+            !wanted.contains(id)
+                && connected.iter().filter(|p| !wanted.contains(p)).count() > *allowance
+        })
+    }
+
+    fn known(&self, id: &NodeId) -> bool {
+        self.ids.read().is_ok_and(|m| m.contains(id))
+    }
+
+    fn cooling(&self, id: &NodeId) -> bool {
+        self.cooling
+            .lock()
+            .is_ok_and(|c| c.is_cooling(id, now_ms()))
+    }
+
+    fn refuse(&self, id: NodeId, why: Refusal) {
+        let i = Refusal::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.refused[i].fetch_add(1, Ordering::Relaxed);
+        if why != Refusal::Cooling && why != Refusal::Busy {
+            if let Ok(mut c) = self.cooling.lock() {
+                c.refuse(id, now_ms());
+            }
+        }
     }
 
     fn refused(&self) -> u64 {
-        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+        self.refused.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
+
+    fn refusals(&self) -> BTreeMap<String, u64> {
+        let counts: [u64; 8] = std::array::from_fn(|i| self.refused[i].load(Ordering::Relaxed));
+        refusal_counts(&counts)
+    }
+}
+
+/// Reads the hello frame and decides whether `peer` is let in: a known
+/// member at once, anyone else on a valid membership proof checked by the
+/// core (which keeps the record). Refusals are counted and cooled down.
+async fn admit(
+    ch: &mut fabric::channel::Channel,
+    members: &Members,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), Refusal> {
+    let peer = ch.peer();
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(ch, MAX_HELLO_BYTES))
+        .await
+        .map_err(|_| Refusal::BadHello)?
+        .map_err(|_| Refusal::BadHello)?;
+    if members.known(&peer) {
+        return Ok(());
+    }
+    let proof = decode_hello(&hello)?.ok_or(Refusal::NoProof)?;
+    crate::membership::precheck(peer, proof)?;
+    // The signature check runs in the core, a bounded number at a time.
+    let _permit = members.unproven.try_acquire().map_err(|_| Refusal::Busy)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    events
+        .send(Event::Proof(peer, proof.to_vec(), tx))
+        .await
+        .map_err(|_| Refusal::Busy)?;
+    rx.await.map_err(|_| Refusal::Busy)??;
+    members.add(peer);
+    tracing::debug!(peer = %peer.short(), "peer proved membership with its signed node record");
+    Ok(())
 }
 
 /// Accepts channels for `service` until shutdown, handling each in its own task
@@ -391,30 +522,53 @@ fn serve<F, Fut>(
     transport: &Transport,
     service: &str,
     members: &Members,
+    events: &mpsc::Sender<Event>,
     mut shutdown: watch::Receiver<bool>,
     handler: F,
 ) -> Result<(), AgentError>
 where
-    F: Fn(fabric::channel::Channel) -> Fut + Send + 'static,
+    F: Fn(fabric::channel::Channel) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut listener = transport.listen(service)?;
+    let transport = transport.clone();
     let members = members.clone();
+    let events = events.clone();
     let service = service.to_owned();
+    let handler = Arc::new(handler);
     tokio::spawn(async move {
         loop {
             let ch = tokio::select! {
                 ch = listener.accept() => ch,
                 _ = shutdown.changed() => return,
             };
-            let Some(ch) = ch else { return };
-            if !members.admits(&ch.peer()) {
-                tracing::debug!(peer = %ch.peer().short(), %service, "channel from a node outside the directory refused");
+            let Some(mut ch) = ch else { return };
+            let peer = ch.peer();
+            if members.over_budget_for(&peer, &transport.connected_peers()) {
+                members.refuse(peer, Refusal::Busy);
+                transport.disconnect(peer);
                 continue;
             }
-            let fut = handler(ch);
+            if !members.known(&peer) && members.cooling(&peer) {
+                // Refused recently: dropped before anything is read.
+                members.refuse(peer, Refusal::Cooling);
+                continue;
+            }
+            let members = members.clone();
+            let events = events.clone();
+            let handler = handler.clone();
+            let service = service.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), fut).await;
+                let served = async {
+                    match admit(&mut ch, &members, &events).await {
+                        Ok(()) => handler(ch).await,
+                        Err(why) => {
+                            tracing::debug!(peer = %peer.short(), %service, reason = %why, "channel refused at the door");
+                            members.refuse(peer, why);
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), served).await;
             });
         }
     });
@@ -427,13 +581,15 @@ fn spawn_gossip_listener(
     events: mpsc::Sender<Event>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
+    let to_core = events.clone();
     serve(
         transport,
         GOSSIP_SERVICE,
         members,
+        &events,
         shutdown,
         move |mut ch| {
-            let events = events.clone();
+            let events = to_core.clone();
             async move {
                 let peer = ch.peer();
                 match read_frame(&mut ch, gossip::wire::MAX_MESSAGE_BYTES).await {
@@ -450,6 +606,7 @@ fn spawn_gossip_listener(
 fn spawn_probe_responder(
     transport: &Transport,
     members: &Members,
+    events: mpsc::Sender<Event>,
     name: String,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
@@ -457,6 +614,7 @@ fn spawn_probe_responder(
         transport,
         PROBE_SERVICE,
         members,
+        &events,
         shutdown,
         move |mut ch| {
             let name = name.clone();
@@ -527,6 +685,14 @@ impl LinkView for TransportView<'_> {
         self.members.refused()
     }
 
+    fn refusals(&self) -> BTreeMap<String, u64> {
+        self.members.refusals()
+    }
+
+    fn connected(&self) -> Vec<NodeId> {
+        self.transport.connected_peers()
+    }
+
     fn edge_listeners(&self) -> Vec<fabric::edge::EdgeEntry> {
         self.edges.entries()
     }
@@ -567,6 +733,9 @@ impl Driver {
             }
             Event::Probe(p) => self.core.on_probe(p, &view),
             Event::Sent { to, ok } => self.core.on_sent(to, ok, now, &view),
+            Event::Proof(peer, proof, reply) => {
+                let _ = reply.send(self.core.admit_proof(peer, &proof, now));
+            }
         }
     }
 
@@ -577,6 +746,16 @@ impl Driver {
                 Effect::Send(o) => self.send(o),
                 Effect::SetPeer(id, info) => self.transport.set_peer(id, info),
                 Effect::Members(ids) => self.members.set(ids),
+                Effect::OwnRecord(r) => self.members.own.set(r),
+                Effect::Budget { inbound, wanted } => {
+                    if let Ok(mut b) = self.members.budget.write() {
+                        *b = (inbound, wanted);
+                    }
+                }
+                Effect::Disconnect(id) => {
+                    tracing::debug!(node = %self.cfg.name, peer = %id.short(), "closing an idle connection outside the peer plan and the gossip partners");
+                    self.transport.disconnect(id);
+                }
                 Effect::ProbeTargets(t) => {
                     self.probe_targets.send_replace(t);
                 }
@@ -612,11 +791,15 @@ impl Driver {
 
     fn send(&self, o: gossip::Outgoing) {
         let transport = self.transport.clone();
+        let hello = self.members.own.hello();
         let events = self.events.clone();
         tokio::spawn(async move {
             let fut = async {
                 let mut ch = transport
                     .open(o.to, GOSSIP_SERVICE)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                write_frame(&mut ch, &hello, MAX_HELLO_BYTES)
                     .await
                     .map_err(|e| e.to_string())?;
                 write_frame(&mut ch, &o.payload, gossip::wire::MAX_MESSAGE_BYTES)

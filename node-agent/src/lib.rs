@@ -12,6 +12,7 @@
 //! - [`admission`]: gossip admission backed by `fabric_schemas::accept`.
 //! - [`directory`]: the fleet view derived from admitted records.
 //! - [`leases`]: the node's own admission check of the leases it holds.
+//! - [`membership`]: the hello frame and membership proofs at the door.
 //! - [`loops`]: the probe and redial loops on the shared runtime.
 //! - [`registry`]: registry runtime status and `resolve(service)` (pure).
 //! - [`cache`]: the persisted peer cache.
@@ -25,6 +26,7 @@ pub mod control;
 pub mod directory;
 pub mod leases;
 pub mod loops;
+pub mod membership;
 pub mod node_core;
 pub mod registry;
 pub mod sim;

@@ -52,6 +52,7 @@ pub struct PassError {
 /// Probes core-service providers.
 pub struct ProbeLoop {
     transport: Transport,
+    proof: crate::agent::OwnProof,
     own_id: NodeId,
     /// Provider name -> its key, as the runner's directory says now.
     targets: watch::Receiver<BTreeMap<String, NodeId>>,
@@ -61,8 +62,9 @@ pub struct ProbeLoop {
 
 impl ProbeLoop {
     /// Starts the loop; returns the queue the runner enqueues providers on.
-    pub fn spawn(
+    pub(crate) fn spawn(
         transport: Transport,
+        proof: crate::agent::OwnProof,
         targets: watch::Receiver<BTreeMap<String, NodeId>>,
         results: mpsc::Sender<ProbeResult>,
         interval: Duration,
@@ -73,6 +75,7 @@ impl ProbeLoop {
         spawn_controller(
             ProbeLoop {
                 transport,
+                proof,
                 own_id,
                 targets,
                 results,
@@ -92,6 +95,13 @@ impl ProbeLoop {
             .open(id, PROBE_SERVICE)
             .await
             .map_err(|e| e.to_string())?;
+        write_frame(
+            &mut ch,
+            &self.proof.hello(),
+            crate::membership::MAX_HELLO_BYTES,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         write_frame(&mut ch, b"ping", PROBE_MAX_FRAME)
             .await
             .map_err(|e| e.to_string())?;

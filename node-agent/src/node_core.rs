@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fabric::edge::EdgeEntry;
+use fabric::gossip::rng::Rng;
 use fabric::gossip::{self, Gossip, GossipConfig, RecordKey, Snapshot};
 use fabric::path::{PathKind, PeerInfo};
 use fabric::peer_select::{
@@ -30,7 +31,7 @@ use fabric::peer_select::{
 use fabric::topology::{NodeId, TopologyLabels};
 use fabric_proto::endpoint::ControlEndpoint;
 use fabric_schemas::kinds::CORE_SERVICES;
-use fabric_schemas::{Envelope as SignedEnvelope, TrustAnchor};
+use fabric_schemas::{Envelope as SignedEnvelope, Kind, TrustAnchor};
 
 use crate::admission::RecordAdmission;
 use crate::cache::{CacheContent, Loaded, Observation};
@@ -53,7 +54,27 @@ pub struct CoreConfig {
     /// Peers to contact before the directory knows anyone.
     pub bootstrap: Vec<(NodeId, SocketAddr)>,
     pub gossip: GossipConfig,
+    /// Gossip partners kept besides the planned peers; `None` sizes it for
+    /// the fleet ([`default_partners`]).
+    pub gossip_partners: Option<usize>,
 }
+
+/// Gossip partners for a fleet of `n` nodes: `log2(n) + 3`, between 4 and 16,
+/// so the connection graph stays connected with high probability while each
+/// node holds a few dozen connections at most whatever the fleet's size.
+pub fn default_partners(n: usize) -> usize {
+    let log2 = usize::BITS - n.max(1).leading_zeros();
+    (log2 as usize + 3).clamp(4, 16)
+}
+
+/// A connection unused by gossip this long, to a peer neither planned nor
+/// a partner, is closed.
+pub const IDLE_CLOSE_MS: u64 = 30_000;
+/// One partner is swapped for a random other node every this many rounds,
+/// so the partner graph keeps mixing and newcomers are found.
+pub const PARTNER_CHURN_ROUNDS: u64 = 4;
+/// A peer whose channels keep failing is retried at most this far apart.
+pub const PEER_BACKOFF_CAP_MS: u64 = 30_000;
 
 /// What the transport holds right now, as the core may read it.
 pub trait LinkView {
@@ -63,6 +84,10 @@ pub trait LinkView {
     fn rtt(&self, node: NodeId) -> Option<Duration>;
     /// Gossip and probe channels refused at the door so far.
     fn refused_channels(&self) -> u64;
+    /// Refusals at the door by reason (`no_proof`, `wrong_node`, ...).
+    fn refusals(&self) -> BTreeMap<String, u64>;
+    /// Peers with a live connection.
+    fn connected(&self) -> Vec<NodeId>;
     /// The node's TCP edge listeners.
     fn edge_listeners(&self) -> Vec<EdgeEntry>;
 }
@@ -92,6 +117,26 @@ pub enum Effect {
     /// Persist this peer cache; report the outcome with
     /// [`NodeCore::on_cache_saved`].
     SaveCache(CacheContent),
+    /// This node's own signed `FabricNode` record changed: present it as the
+    /// membership proof on every channel it opens (see
+    /// [`crate::membership`]).
+    OwnRecord(Option<Vec<u8>>),
+    /// Close the connection to this peer (idle, not planned, not a partner).
+    Disconnect(NodeId),
+    /// The peers this node wants connected (planned peers and partners) and
+    /// how many connections to other peers it accepts: beyond that, the door
+    /// turns away channels from anyone else as `busy`.
+    Budget {
+        inbound: usize,
+        wanted: BTreeSet<NodeId>,
+    },
+}
+
+/// Per-peer retry state after failed sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PeerBackoff {
+    failures: u32,
+    next_ms: u64,
 }
 
 /// The node's decisions, with no I/O. See the module docs.
@@ -116,6 +161,16 @@ pub struct NodeCore {
     resilience: Option<ResilienceReport>,
     leases: Vec<LeaseCheck>,
     status: Option<NodeStatus>,
+    own_record: Option<Vec<u8>>,
+    partners: BTreeSet<NodeId>,
+    /// How many candidates there were when the partners were last drawn.
+    partners_drawn_from: usize,
+    backoff: BTreeMap<NodeId, PeerBackoff>,
+    /// Last gossip traffic with each peer, either way (Unix ms).
+    last_used: BTreeMap<NodeId, u64>,
+    rounds: u64,
+    last_budget: (usize, BTreeSet<NodeId>),
+    rng: Rng,
     out: Vec<Effect>,
 }
 
@@ -211,6 +266,14 @@ impl NodeCore {
             resilience: None,
             leases: Vec::new(),
             status: None,
+            own_record: None,
+            partners: BTreeSet::new(),
+            partners_drawn_from: 0,
+            backoff: BTreeMap::new(),
+            last_used: BTreeMap::new(),
+            rounds: 0,
+            last_budget: (0, BTreeSet::new()),
+            rng: Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15),
             out: Vec::new(),
         };
         for (id, addr) in core.cfg.bootstrap.clone() {
@@ -262,11 +325,24 @@ impl NodeCore {
     /// status, and save the cache when it is dirty and due.
     pub fn round(&mut self, now_ms: u64, links: &dyn LinkView) {
         self.refresh_directory(now_ms);
-        let peers = self.gossip_peers();
+        self.rounds += 1;
+        let peers = self.gossip_peers(now_ms);
         let sends = self.gossip.tick(now_ms, &peers);
+        for s in &sends {
+            self.last_used.insert(s.to, now_ms);
+        }
         self.out.extend(sends.into_iter().map(Effect::Send));
         self.probe_core_services();
         self.plan_peers(links);
+        self.close_idle(now_ms, links);
+        let budget = (self.inbound_allowance(), self.wanted());
+        if budget != self.last_budget {
+            self.last_budget = budget.clone();
+            self.out.push(Effect::Budget {
+                inbound: budget.0,
+                wanted: budget.1,
+            });
+        }
         self.publish_status(now_ms, links);
         let due = self
             .last_save_ms
@@ -279,6 +355,7 @@ impl NodeCore {
     /// A gossip message from `from` (whose NodeId the transport verified).
     pub fn on_gossip(&mut self, from: NodeId, payload: &[u8], now_ms: u64, links: &dyn LinkView) {
         self.seen(from, now_ms, links);
+        self.last_used.insert(from, now_ms);
         let out = self.gossip.handle_datagram(from, payload, now_ms);
         if !out.accepted.is_empty() {
             self.dirty = true;
@@ -319,6 +396,24 @@ impl NodeCore {
 
     /// A [`Effect::Send`] finished.
     pub fn on_sent(&mut self, to: NodeId, ok: bool, now_ms: u64, links: &dyn LinkView) {
+        if ok {
+            self.backoff.remove(&to);
+        } else {
+            // Exponential backoff with jitter (0.5x to 1.5x), so a dead or
+            // refusing peer is not retried every round and a mass restart
+            // does not retry in lockstep.
+            let b = self.backoff.entry(to).or_default();
+            b.failures = b.failures.saturating_add(1);
+            let base = self
+                .cfg
+                .gossip
+                .round_ms
+                .saturating_mul(1u64 << b.failures.min(16))
+                .min(PEER_BACKOFF_CAP_MS);
+            let jitter = self.rng.next_u64() % (base + 1);
+            b.next_ms = now_ms + base / 2 + jitter;
+            self.partners.remove(&to);
+        }
         if let Some(name) = self.dir.node_by_id(&to).map(|n| n.name.clone()) {
             let o = self.observations.entry(name).or_default();
             if ok {
@@ -391,6 +486,60 @@ impl NodeCore {
         self.set_members(members);
         self.dir = dir;
         self.check_leases(&envelopes, now);
+        self.refresh_own_record();
+    }
+
+    /// This node's own `FabricNode` record, when the directory holds one that
+    /// names this node's key: the membership proof it presents.
+    fn refresh_own_record(&mut self) {
+        let mine = self
+            .dir
+            .nodes
+            .get(&self.cfg.name)
+            .filter(|n| n.node_id == self.cfg.node_id)
+            .and_then(|_| {
+                self.gossip.get(&RecordKey::new(
+                    Kind::FabricNode.code(),
+                    self.cfg.name.clone(),
+                ))
+            })
+            .map(|e| e.bytes.clone());
+        if mine != self.own_record {
+            self.own_record = mine.clone();
+            self.out.push(Effect::OwnRecord(mine));
+        }
+    }
+
+    /// Checks a membership proof from `peer` (see [`crate::membership`]):
+    /// the cheap checks, then `accept` against the trust root and the high-water
+    /// marks. A valid proof is kept as a record (it is one), so the peer is
+    /// a known member from then on.
+    pub fn admit_proof(
+        &mut self,
+        peer: NodeId,
+        proof: &[u8],
+        now_ms: u64,
+    ) -> Result<(), crate::membership::Refusal> {
+        use crate::membership::{precheck, Refusal};
+        if self.members.contains(&peer) {
+            return Ok(());
+        }
+        precheck(peer, proof)?;
+        match insert_signed(&mut self.gossip, proof.to_vec(), now_ms) {
+            Ok(true) => {
+                self.dirty = true;
+                self.refresh_directory(now_ms);
+                if self.members.contains(&peer) {
+                    Ok(())
+                } else {
+                    // Admitted, yet the directory kept another record for
+                    // that key (a clash): not proof enough.
+                    Err(Refusal::Stale)
+                }
+            }
+            Ok(false) => Err(Refusal::Stale),
+            Err(_) => Err(Refusal::Rejected),
+        }
     }
 
     /// Runs lease admission on every lease this node holds; a change in the
@@ -416,20 +565,125 @@ impl NodeCore {
         self.leases = checks;
     }
 
-    fn gossip_peers(&self) -> Vec<NodeId> {
-        let mut peers: Vec<NodeId> = self
+    fn backing_off(&self, id: &NodeId, now_ms: u64) -> bool {
+        self.backoff.get(id).is_some_and(|b| now_ms < b.next_ms)
+    }
+
+    /// The peers this round's exchanges and pushes may go to: the planned
+    /// peers plus a bounded, sticky set of gossip partners, minus peers
+    /// backing off. Every bootstrap peer and every directory node is a
+    /// candidate partner, so joining depends on no single node; one partner
+    /// is swapped for a random other every [`PARTNER_CHURN_ROUNDS`] rounds.
+    fn gossip_peers(&mut self, now_ms: u64) -> Vec<NodeId> {
+        let me = self.cfg.node_id;
+        let mut eligible: Vec<NodeId> = self
             .dir
             .nodes
             .values()
             .map(|n| n.node_id)
-            .filter(|id| *id != self.cfg.node_id)
+            .chain(self.cfg.bootstrap.iter().map(|(id, _)| *id))
+            .filter(|id| *id != me)
             .collect();
-        for (id, _) in &self.cfg.bootstrap {
-            if !peers.contains(id) && *id != self.cfg.node_id {
-                peers.push(*id);
+        eligible.sort();
+        eligible.dedup();
+        eligible.retain(|id| !self.backing_off(id, now_ms));
+        let budget = self
+            .cfg
+            .gossip_partners
+            .unwrap_or_else(|| default_partners(self.dir.nodes.len().max(eligible.len())));
+        let before = self.partners.clone();
+        self.partners
+            .retain(|id| eligible.binary_search(id).is_ok());
+        // Partners picked while the node knew only a few peers (its bootstrap
+        // list at a cold start) are drawn again once it knows twice as many,
+        // so a whole fleet does not stay attached to its bootstrap nodes.
+        if eligible.len() >= 2 * self.partners_drawn_from.max(1) {
+            self.partners.clear();
+            self.partners_drawn_from = eligible.len();
+        }
+        if self.rounds % PARTNER_CHURN_ROUNDS == 0 && self.partners.len() >= budget {
+            let drop = self.rng.next_u64() as usize % self.partners.len();
+            if let Some(id) = self.partners.iter().nth(drop).copied() {
+                self.partners.remove(&id);
             }
         }
-        peers
+        let mut spare: Vec<NodeId> = eligible
+            .iter()
+            .filter(|id| !self.partners.contains(id))
+            .copied()
+            .collect();
+        while self.partners.len() < budget && !spare.is_empty() {
+            let i = self.rng.next_u64() as usize % spare.len();
+            self.partners.insert(spare.swap_remove(i));
+        }
+        // A partner dropped for another is closed at once (unless planned):
+        // it must not keep a slot of the budget until it idles out.
+        for gone in before.difference(&self.partners) {
+            if !self.planned.contains(gone) {
+                self.last_used.remove(gone);
+                self.out.push(Effect::Disconnect(*gone));
+            }
+        }
+        let mut peers: BTreeSet<NodeId> = self.partners.clone();
+        peers.extend(
+            self.planned
+                .iter()
+                .filter(|id| !self.backing_off(id, now_ms))
+                .copied(),
+        );
+        peers.into_iter().collect()
+    }
+
+    /// Whether this node wants a connection to `peer` (planned or partner).
+    pub fn wants(&self, peer: &NodeId) -> bool {
+        self.partners.contains(peer) || self.planned.contains(peer)
+    }
+
+    /// Connections this node wants: its planned peers and gossip partners.
+    fn wanted(&self) -> BTreeSet<NodeId> {
+        self.partners.union(&self.planned).copied().collect()
+    }
+
+    /// The most connections this node should hold: what it opens (planned
+    /// peers and partners), as many again for peers that chose it, and room
+    /// for the churn of one partner.
+    pub fn connection_budget(&self) -> usize {
+        let partners = self
+            .cfg
+            .gossip_partners
+            .unwrap_or_else(|| default_partners(self.dir.nodes.len()));
+        self.planned.len() + 2 * partners + 2
+    }
+
+    /// Connections to peers this node does not want (peers that chose it)
+    /// it accepts: the budget minus what it wants itself, so the total stays
+    /// within the budget.
+    pub fn inbound_allowance(&self) -> usize {
+        self.connection_budget().saturating_sub(self.wanted().len())
+    }
+
+    /// Closes connections gossip has not used for [`IDLE_CLOSE_MS`] to peers
+    /// this node does not want; over budget, the least recently used of
+    /// those go first whatever their age.
+    fn close_idle(&mut self, now_ms: u64, links: &dyn LinkView) {
+        let wanted = self.wanted();
+        let mut closable: Vec<(u64, NodeId)> = links
+            .connected()
+            .into_iter()
+            .filter(|id| !wanted.contains(id))
+            .map(|id| (self.last_used.get(&id).copied().unwrap_or(0), id))
+            .collect();
+        closable.sort();
+        let connected = links.connected().len();
+        let mut over = connected.saturating_sub(self.connection_budget());
+        for (used, id) in closable {
+            let idle = now_ms.saturating_sub(used);
+            if idle >= IDLE_CLOSE_MS || over > 0 {
+                over = over.saturating_sub(1);
+                self.last_used.remove(&id);
+                self.out.push(Effect::Disconnect(id));
+            }
+        }
     }
 
     /// Tells the probe loop which providers to probe; a provider new to it
@@ -583,6 +837,10 @@ impl NodeCore {
             edge_listeners: links.edge_listeners(),
             peer_metrics: self.metrics,
             refused_channels: links.refused_channels(),
+            door_refusals: links.refusals(),
+            connections: links.connected().len(),
+            connection_budget: self.connection_budget(),
+            gossip_partners: self.partners.len(),
             resilience: self.resilience.clone(),
             leases: self.leases.clone(),
             updated_ms: now_ms,

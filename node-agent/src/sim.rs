@@ -34,6 +34,7 @@ use fabric_schemas::{Envelope, Record, Scope, Spec, TrustAnchor};
 use sha2::{Digest, Sha256};
 
 use crate::cache::Loaded;
+use crate::membership::Cooling;
 use crate::node_core::{CoreConfig, Effect, LinkView, NodeCore};
 
 /// Simulated wall clock at start (Unix ms), so expiry checks see real values.
@@ -52,6 +53,12 @@ pub struct SimConfig {
     pub bootstrap: Vec<usize>,
     /// Nodes the fleet's signed records are seeded into at start.
     pub seeded: Vec<usize>,
+    /// Let strangers in on a membership proof (the node's real door). With
+    /// `false` the door admits only known members: the gate as it was before
+    /// proofs, kept to show what proofs change.
+    pub proofs: bool,
+    /// Gossip partners per node; `None` for the core's default.
+    pub gossip_partners: Option<usize>,
 }
 
 impl SimConfig {
@@ -65,6 +72,8 @@ impl SimConfig {
             loss_ppm: 0,
             bootstrap: vec![0],
             seeded: vec![0],
+            proofs: true,
+            gossip_partners: None,
         }
     }
 }
@@ -76,6 +85,7 @@ enum Event {
         from: usize,
         to: usize,
         payload: Vec<u8>,
+        proof: Option<Vec<u8>>,
     },
     Sent {
         from: usize,
@@ -90,6 +100,8 @@ struct Links {
     connected: BTreeMap<NodeId, SocketAddr>,
     members: BTreeSet<NodeId>,
     refused: u64,
+    cooling: Cooling,
+    own: Option<Vec<u8>>,
     latency: Duration,
 }
 
@@ -106,6 +118,14 @@ impl LinkView for Links {
 
     fn refused_channels(&self) -> u64 {
         self.refused
+    }
+
+    fn refusals(&self) -> BTreeMap<String, u64> {
+        BTreeMap::new()
+    }
+
+    fn connected(&self) -> Vec<NodeId> {
+        self.connected.keys().copied().collect()
     }
 
     fn edge_listeners(&self) -> Vec<EdgeEntry> {
@@ -231,6 +251,7 @@ impl NodeSim {
                         round_ms: cfg.round_ms,
                         ..GossipConfig::default()
                     },
+                    gossip_partners: cfg.gossip_partners,
                 },
                 Loaded::Fresh,
                 seeds,
@@ -341,6 +362,22 @@ impl NodeSim {
         self.laggards().is_empty()
     }
 
+    /// Runs `ms` of simulated time, converged or not.
+    pub fn run_for(&mut self, ms: u64) {
+        let deadline = self.now + ms;
+        while let Some(Reverse((at, _, _))) = self.queue.peek() {
+            if *at > deadline {
+                break;
+            }
+            let Some(Reverse((at, _, ev))) = self.queue.pop() else {
+                break;
+            };
+            self.now = at;
+            self.handle(ev);
+        }
+        self.now = deadline;
+    }
+
     fn handle(&mut self, ev: Event) {
         match ev {
             Event::Round(i) => {
@@ -350,12 +387,14 @@ impl NodeSim {
                 }
                 self.push(self.now + self.cfg.round_ms, Event::Round(i));
             }
-            Event::Deliver { from, to, payload } => {
+            Event::Deliver {
+                from,
+                to,
+                payload,
+                proof,
+            } => {
                 let from_id = self.cores[from].node_id();
-                let ok = !self.down.contains(&to) && self.links[to].members.contains(&from_id);
-                if !self.down.contains(&to) && !ok {
-                    self.links[to].refused += 1;
-                }
+                let ok = !self.down.contains(&to) && self.door(from_id, to, proof.as_deref());
                 if ok {
                     self.delivered += 1;
                     self.trace.update((from as u64).to_le_bytes());
@@ -380,6 +419,45 @@ impl NodeSim {
         }
     }
 
+    /// The receiver's door, as the driver's listener runs it.
+    fn door(&mut self, from: NodeId, to: usize, proof: Option<&[u8]>) -> bool {
+        let links = &self.links[to];
+        let core = &self.cores[to];
+        let unwanted = links.connected.keys().filter(|id| !core.wants(id)).count();
+        if !links.connected.contains_key(&from)
+            && !core.wants(&from)
+            && unwanted >= core.inbound_allowance()
+        {
+            // Over budget: a new connection from a peer this node does not
+            // want is turned away as busy (the sender backs off).
+            self.links[to].refused += 1;
+            return false;
+        }
+        if self.links[to].members.contains(&from) {
+            return true;
+        }
+        let now = self.now;
+        let admitted = if self.links[to].cooling.is_cooling(&from, now) || !self.cfg.proofs {
+            false
+        } else {
+            let ok = proof.is_some_and(|p| self.cores[to].admit_proof(from, p, now).is_ok());
+            self.apply(to);
+            if !ok {
+                self.links[to].cooling.refuse(from, now);
+            }
+            ok
+        };
+        if !admitted {
+            self.links[to].refused += 1;
+        }
+        admitted
+    }
+
+    /// Node `i`'s own record, as it presents it.
+    pub fn has_own_record(&self, i: usize) -> bool {
+        self.links[i].own.is_some()
+    }
+
     fn apply(&mut self, i: usize) {
         for effect in self.cores[i].take_effects() {
             match effect {
@@ -401,17 +479,28 @@ impl NodeSim {
                             },
                         );
                     } else {
+                        let proof = self.links[i].own.clone();
                         self.push(
                             at,
                             Event::Deliver {
                                 from: i,
                                 to,
                                 payload: o.payload,
+                                proof,
                             },
                         );
                     }
                 }
                 Effect::Members(m) => self.links[i].members = m,
+                Effect::Budget { .. } => {}
+                Effect::OwnRecord(r) => self.links[i].own = r,
+                Effect::Disconnect(id) => {
+                    self.links[i].connected.remove(&id);
+                    if let Some(&j) = self.index.get(&id) {
+                        let me = self.cores[i].node_id();
+                        self.links[j].connected.remove(&me);
+                    }
+                }
                 // Addresses, probes, plans, status and the cache have no
                 // network to act on here; the core's own state is what the
                 // tests read.

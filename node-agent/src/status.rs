@@ -46,6 +46,20 @@ pub struct NodeStatus {
     /// Gossip/probe channels refused because the peer has no node record here.
     #[serde(default)]
     pub refused_channels: u64,
+    /// Those refusals by reason (`no_proof`, `wrong_node`, `rejected`,
+    /// `cooling`, ...; see `membership::Refusal`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub door_refusals: BTreeMap<String, u64>,
+    /// Live connections the transport holds.
+    #[serde(default)]
+    pub connections: usize,
+    /// The most connections the node should hold (planned peers, gossip
+    /// partners, peers that chose it); idle ones beyond it are closed.
+    #[serde(default)]
+    pub connection_budget: usize,
+    /// Gossip partners kept besides the planned peers.
+    #[serde(default)]
+    pub gossip_partners: usize,
     /// For a critical node with a resilience target: which targets are unmet.
     pub resilience: Option<ResilienceReport>,
     /// The node's own admission check of every lease it holds.
@@ -88,6 +102,10 @@ impl NodeStatus {
             edge_listeners: Vec::new(),
             peer_metrics: PeerMetrics::default(),
             refused_channels: 0,
+            door_refusals: BTreeMap::new(),
+            connections: 0,
+            connection_budget: 0,
+            gossip_partners: 0,
             resilience: None,
             leases: Vec::new(),
             updated_ms: 0,

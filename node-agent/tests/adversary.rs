@@ -11,6 +11,7 @@ use fabric::path::PeerInfo;
 use fabric::topology::NodeId;
 use fabric::transport::{Transport, TransportConfig};
 use fabric_compose::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
+use fabric_node_agent::membership::{encode_hello, MAX_HELLO_BYTES};
 use fabric_node_agent::registry::RegistryStatus;
 use fabric_schemas::kinds::{ServiceRecordSpec, Spec};
 use fabric_schemas::time::now_unix;
@@ -156,9 +157,12 @@ async fn flood_of_forged_expired_and_rolled_back_records_is_refused_everywhere_a
     while flood_started.elapsed() < Duration::from_secs(3) && sent < 600 {
         for (_, id, _) in &targets {
             if let Ok(mut ch) = rogue.open(*id, "gossip").await {
-                if write_frame(&mut ch, &msg, wire::MAX_MESSAGE_BYTES)
-                    .await
-                    .is_ok()
+                // A member: its hello needs no proof, the node knows its key.
+                let hello = encode_hello(None);
+                if write_frame(&mut ch, &hello, MAX_HELLO_BYTES).await.is_ok()
+                    && write_frame(&mut ch, &msg, wire::MAX_MESSAGE_BYTES)
+                        .await
+                        .is_ok()
                 {
                     sent += 1;
                 }

@@ -478,6 +478,20 @@ impl Transport {
         self.inner.live.lock().map(|l| l.total).unwrap_or(0)
     }
 
+    /// Peers with a live cached connection, sorted.
+    pub fn connected_peers(&self) -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = match self.inner.conns.lock() {
+            Ok(c) => c
+                .iter()
+                .filter(|(_, e)| e.is_alive())
+                .map(|(id, _)| *id)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        out.sort();
+        out
+    }
+
     /// Live connections to or from `node` (cached plus draining).
     pub fn connections_to(&self, node: NodeId) -> usize {
         self.inner
