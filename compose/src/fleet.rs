@@ -90,6 +90,8 @@ pub struct Member {
     pub addr: SocketAddr,
     /// The running agent; `None` while stopped.
     pub handle: Option<AgentHandle>,
+    /// Bootstrap peers to use instead of the fleet's (for tests of joining).
+    pub bootstrap_override: Option<Vec<(NodeId, SocketAddr)>>,
 }
 
 /// A whole fleet on one machine (see the module docs).
@@ -104,8 +106,14 @@ pub struct LocalFleet {
     opts: FleetOptions,
     /// Every record signed for the fleet, as seeded into the first node.
     pub records: Vec<Vec<u8>>,
-    seed: (NodeId, SocketAddr),
+    /// The fleet's bootstrap peers: the first node started in each area, up
+    /// to [`MAX_BOOTSTRAP_PEERS`]. Every later node bootstraps from all of
+    /// them, so joining depends on no single node.
+    pub bootstrap: Vec<(NodeId, SocketAddr)>,
 }
+
+/// Bootstrap peers a local fleet hands its nodes.
+pub const MAX_BOOTSTRAP_PEERS: usize = 3;
 
 impl LocalFleet {
     /// Starts every `FabricNode` of `objects` and seeds all signed records
@@ -157,6 +165,7 @@ impl LocalFleet {
                 state_dir,
                 addr: SocketAddr::new(opts.host, 0),
                 handle: None,
+                bootstrap_override: None,
             });
         }
         let mut fleet = LocalFleet {
@@ -166,16 +175,15 @@ impl LocalFleet {
             control,
             opts,
             records: Vec::new(),
-            seed: (
-                NodeId([0; 32]),
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            ),
+            bootstrap: Vec::new(),
         };
+        let mut areas = Vec::new();
         for i in 0..fleet.members.len() {
             fleet.start_member(i).await?;
-            if i == 0 {
-                let m = &fleet.members[0];
-                fleet.seed = (m.node_id, m.addr);
+            let m = &fleet.members[i];
+            if fleet.bootstrap.len() < MAX_BOOTSTRAP_PEERS && !areas.contains(&m.spec.area) {
+                areas.push(m.spec.area.clone());
+                fleet.bootstrap.push((m.node_id, m.addr));
             }
         }
         fleet.records = fleet.sign_all(objects)?;
@@ -195,9 +203,15 @@ impl LocalFleet {
         let mut cfg = AgentConfig::new(&m.name, m.state_dir.clone(), m.addr, self.trust.clone());
         cfg.labels = labels_of(&m.spec);
         cfg.relay = m.spec.roles.contains(&NodeRole::Relay);
-        if self.seed.0 != m.node_id && self.seed.1.port() != 0 {
-            cfg.bootstrap = vec![self.seed];
-        }
+        cfg.bootstrap = match &m.bootstrap_override {
+            Some(b) => b.clone(),
+            None => self
+                .bootstrap
+                .iter()
+                .filter(|(id, _)| *id != m.node_id)
+                .copied()
+                .collect(),
+        };
         cfg.gossip = GossipConfig {
             round_ms: self.opts.round.as_millis() as u64,
             ..GossipConfig::default()

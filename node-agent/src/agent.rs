@@ -521,6 +521,7 @@ async fn admit(
 fn serve<F, Fut>(
     transport: &Transport,
     service: &str,
+    budgeted: bool,
     members: &Members,
     events: &mpsc::Sender<Event>,
     mut shutdown: watch::Receiver<bool>,
@@ -544,7 +545,7 @@ where
             };
             let Some(mut ch) = ch else { return };
             let peer = ch.peer();
-            if members.over_budget_for(&peer, &transport.connected_peers()) {
+            if budgeted && members.over_budget_for(&peer, &transport.connected_peers()) {
                 members.refuse(peer, Refusal::Busy);
                 transport.disconnect(peer);
                 continue;
@@ -585,6 +586,7 @@ fn spawn_gossip_listener(
     serve(
         transport,
         GOSSIP_SERVICE,
+        true,
         members,
         &events,
         shutdown,
@@ -612,7 +614,9 @@ fn spawn_probe_responder(
 ) -> Result<(), AgentError> {
     serve(
         transport,
+        // A provider answers the whole fleet's probes: its role, not a budget.
         PROBE_SERVICE,
+        false,
         members,
         &events,
         shutdown,

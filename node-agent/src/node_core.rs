@@ -636,23 +636,43 @@ impl NodeCore {
 
     /// Whether this node wants a connection to `peer` (planned or partner).
     pub fn wants(&self, peer: &NodeId) -> bool {
-        self.partners.contains(peer) || self.planned.contains(peer)
+        self.partners.contains(peer)
+            || self.planned.contains(peer)
+            || self.probe_targets.values().any(|id| id == peer)
     }
 
-    /// Connections this node wants: its planned peers and gossip partners.
+    /// Connections this node wants: its planned peers, its gossip partners
+    /// and the core-service providers it probes (and sends heartbeats to).
     fn wanted(&self) -> BTreeSet<NodeId> {
-        self.partners.union(&self.planned).copied().collect()
+        self.partners
+            .union(&self.planned)
+            .copied()
+            .chain(self.probe_targets.values().copied())
+            .filter(|id| *id != self.cfg.node_id)
+            .collect()
+    }
+
+    /// Whether this node provides a core service (the whole fleet probes it).
+    fn provides_core_service(&self) -> bool {
+        self.probe_targets.contains_key(&self.cfg.name)
     }
 
     /// The most connections this node should hold: what it opens (planned
-    /// peers and partners), as many again for peers that chose it, and room
-    /// for the churn of one partner.
+    /// peers, partners, the core-service providers), as many again as its
+    /// partners for peers that chose it, room for the churn of one partner,
+    /// and, on a core-service provider, one per fleet node (every node
+    /// probes it).
     pub fn connection_budget(&self) -> usize {
         let partners = self
             .cfg
             .gossip_partners
             .unwrap_or_else(|| default_partners(self.dir.nodes.len()));
-        self.planned.len() + 2 * partners + 2
+        let serving = if self.provides_core_service() {
+            self.dir.nodes.len()
+        } else {
+            0
+        };
+        self.planned.len() + self.probe_targets.len() + 2 * partners + 2 + serving
     }
 
     /// Connections to peers this node does not want (peers that chose it)
