@@ -34,6 +34,9 @@ use crate::registry::ProbeResult;
 use crate::status::NodeStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// status.json is rewritten at most this often (the status watch sees every round).
+const STATUS_FILE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How long an opener may take to send its hello frame.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -291,6 +294,8 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         planned,
         redial_queue,
         canonical: watch::channel(Vec::new()).0,
+        status_written: None,
+        stopping: false,
     };
     if driver.cfg.control_session {
         spawn_control_session(
@@ -657,6 +662,8 @@ struct Driver {
     /// The control session's canonical endpoints (signed `control-api`
     /// record, live providers first).
     canonical: watch::Sender<Vec<fabric_proto::endpoint::ControlEndpoint>>,
+    status_written: Option<std::time::Instant>,
+    stopping: bool,
 }
 
 /// What the core may read of the transport.
@@ -722,6 +729,9 @@ impl Driver {
             }
             self.apply();
         }
+        self.stopping = true;
+        let view = TransportView::of(&self.transport, &self.members, &self.edges);
+        self.core.round(now_ms(), &view);
         self.core.shutdown(now_ms());
         self.apply();
         tracing::info!(node = %self.cfg.name, "node-agent stopped");
@@ -776,7 +786,17 @@ impl Driver {
                     self.canonical.send_replace(c);
                 }
                 Effect::Status(status) => {
-                    let _ = crate::status::write(&self.cfg.state_dir, &status);
+                    // status.json is for operators and scripts: once a second
+                    // is plenty, and a write is a serialization and an fsync.
+                    let due = self
+                        .status_written
+                        .is_none_or(|t| t.elapsed() >= STATUS_FILE_INTERVAL);
+                    if due || self.stopping {
+                        if let Err(e) = crate::status::write(&self.cfg.state_dir, &status) {
+                            tracing::debug!(node = %self.cfg.name, error = %e, "status.json not written");
+                        }
+                        self.status_written = Some(std::time::Instant::now());
+                    }
                     let _ = self.status.send(*status);
                 }
                 Effect::SaveCache(content) => {

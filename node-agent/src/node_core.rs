@@ -73,6 +73,9 @@ pub const IDLE_CLOSE_MS: u64 = 30_000;
 /// One partner is swapped for a random other node every this many rounds,
 /// so the partner graph keeps mixing and newcomers are found.
 pub const PARTNER_CHURN_ROUNDS: u64 = 4;
+/// The peer plan is redone at least this often (in rounds) while the
+/// directory is unchanged.
+pub const PLAN_EVERY_ROUNDS: u64 = 4;
 /// A peer whose channels keep failing is retried at most this far apart.
 pub const PEER_BACKOFF_CAP_MS: u64 = 30_000;
 
@@ -169,6 +172,8 @@ pub struct NodeCore {
     /// Last gossip traffic with each peer, either way (Unix ms).
     last_used: BTreeMap<NodeId, u64>,
     rounds: u64,
+    /// The store's summary root when the peers were last planned.
+    planned_at_root: Option<u64>,
     last_budget: (usize, BTreeSet<NodeId>),
     rng: Rng,
     out: Vec<Effect>,
@@ -272,6 +277,7 @@ impl NodeCore {
             backoff: BTreeMap::new(),
             last_used: BTreeMap::new(),
             rounds: 0,
+            planned_at_root: None,
             last_budget: (0, BTreeSet::new()),
             rng: Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15),
             out: Vec::new(),
@@ -333,7 +339,13 @@ impl NodeCore {
         }
         self.out.extend(sends.into_iter().map(Effect::Send));
         self.probe_core_services();
-        self.plan_peers(links);
+        // Planning reads every directory node: redo it when the directory
+        // changed, and otherwise every few rounds for what links changed.
+        let root = self.gossip.root();
+        if self.planned_at_root != Some(root) || self.rounds % PLAN_EVERY_ROUNDS == 0 {
+            self.planned_at_root = Some(root);
+            self.plan_peers(links);
+        }
         self.close_idle(now_ms, links);
         let budget = (self.inbound_allowance(), self.wanted());
         if budget != self.last_budget {
