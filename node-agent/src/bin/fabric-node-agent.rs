@@ -30,8 +30,15 @@ struct Args {
     #[arg(long)]
     trust_root: PathBuf,
     /// A peer to start from before the directory knows anyone: NODE_ID@IP:PORT.
+    /// Repeat it: every bootstrap peer (and every node of the persisted peer
+    /// cache) is a way in, so joining does not depend on one of them; a peer
+    /// that does not answer is retried with backoff and jitter.
     #[arg(long = "bootstrap")]
     bootstrap: Vec<String>,
+    /// Gossip partners kept besides the planned peers (default: log2 of the
+    /// fleet size + 3, between 4 and 16).
+    #[arg(long)]
+    gossip_partners: Option<usize>,
     /// Folder of signed envelopes (*.fabenv) to admit at start.
     #[arg(long)]
     seed_dir: Option<PathBuf>,
@@ -84,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         nat_group: args.nat_group,
     };
     cfg.relay = args.relay;
+    cfg.gossip_partners = args.gossip_partners;
     cfg.bootstrap = args
         .bootstrap
         .iter()
