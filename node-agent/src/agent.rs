@@ -295,7 +295,6 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         redial_queue,
         canonical: watch::channel(Vec::new()).0,
         status_written: None,
-        stopping: false,
     };
     if driver.cfg.control_session {
         spawn_control_session(
@@ -663,7 +662,6 @@ struct Driver {
     /// record, live providers first).
     canonical: watch::Sender<Vec<fabric_proto::endpoint::ControlEndpoint>>,
     status_written: Option<std::time::Instant>,
-    stopping: bool,
 }
 
 /// What the core may read of the transport.
@@ -729,11 +727,14 @@ impl Driver {
             }
             self.apply();
         }
-        self.stopping = true;
-        let view = TransportView::of(&self.transport, &self.members, &self.edges);
-        self.core.round(now_ms(), &view);
         self.core.shutdown(now_ms());
         self.apply();
+        // The last status may not have reached status.json (it is written
+        // at most once a second).
+        let last = self.status.borrow().clone();
+        if let Err(e) = crate::status::write(&self.cfg.state_dir, &last) {
+            tracing::debug!(node = %self.cfg.name, error = %e, "status.json not written");
+        }
         tracing::info!(node = %self.cfg.name, "node-agent stopped");
     }
 
@@ -791,7 +792,7 @@ impl Driver {
                     let due = self
                         .status_written
                         .is_none_or(|t| t.elapsed() >= STATUS_FILE_INTERVAL);
-                    if due || self.stopping {
+                    if due {
                         if let Err(e) = crate::status::write(&self.cfg.state_dir, &status) {
                             tracing::debug!(node = %self.cfg.name, error = %e, "status.json not written");
                         }

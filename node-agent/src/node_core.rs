@@ -699,15 +699,15 @@ impl NodeCore {
     /// those go first whatever their age.
     fn close_idle(&mut self, now_ms: u64, links: &dyn LinkView) {
         let wanted = self.wanted();
-        let mut closable: Vec<(u64, NodeId)> = links
-            .connected()
+        let connected = links.connected();
+        let over_by = connected.len().saturating_sub(self.connection_budget());
+        let mut closable: Vec<(u64, NodeId)> = connected
             .into_iter()
             .filter(|id| !wanted.contains(id))
             .map(|id| (self.last_used.get(&id).copied().unwrap_or(0), id))
             .collect();
         closable.sort();
-        let connected = links.connected().len();
-        let mut over = connected.saturating_sub(self.connection_budget());
+        let mut over = over_by;
         for (used, id) in closable {
             let idle = now_ms.saturating_sub(used);
             if idle >= IDLE_CLOSE_MS || over > 0 {
