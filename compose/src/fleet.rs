@@ -24,6 +24,9 @@ use fabric_node_agent::agent::{self, AgentConfig, AgentHandle};
 use fabric_node_agent::directory::labels_of;
 use fabric_node_agent::status::NodeStatus;
 
+/// How long [`LocalFleet::restart_node`] waits for a stopped node's port.
+pub const REBIND_WINDOW: Duration = Duration::from_secs(10);
+
 /// How a local fleet runs.
 #[derive(Clone, Debug)]
 pub struct FleetOptions {
@@ -318,12 +321,29 @@ impl LocalFleet {
     }
 
     /// Starts a stopped node again on its old address, from its own state folder.
+    ///
+    /// The stopped node's socket outlives it while QUIC drains the
+    /// connections it closed (three probe timeouts: about 3 s for a handshake
+    /// that never measured a round trip), so a port still in use is retried
+    /// for [`REBIND_WINDOW`].
     pub async fn restart_node(&mut self, name: &str) -> Result<(), FleetError> {
         let i = self.index(name)?;
-        if self.members[i].handle.is_none() {
-            self.start_member(i).await?;
+        if self.members[i].handle.is_some() {
+            return Ok(());
         }
-        Ok(())
+        let deadline = tokio::time::Instant::now() + REBIND_WINDOW;
+        loop {
+            match self.start_member(i).await {
+                Err(FleetError::Agent(agent::AgentError::Transport(
+                    fabric::transport::TransportError::Bind { source, .. },
+                ))) if source.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The status of every running node.

@@ -39,6 +39,8 @@ const STATUS_FILE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long an opener may take to send its hello frame.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `stop` waits for each background task after the transport shut down.
+const BACKGROUND_STOP: Duration = Duration::from_secs(5);
 
 /// The fabric service gossip messages travel on.
 pub const GOSSIP_SERVICE: &str = "gossip";
@@ -138,6 +140,10 @@ pub struct AgentHandle {
     events: mpsc::Sender<Event>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// The listeners and loops beside the driver. Each holds the transport
+    /// (and so its UDP socket), so `stop` waits for them: when it returns the
+    /// node's address is free again.
+    background: Vec<tokio::task::JoinHandle<()>>,
     transport: Transport,
 }
 
@@ -173,11 +179,23 @@ impl AgentHandle {
         rx.await.map_err(|_| "agent stopped".to_owned())?
     }
 
-    /// Stops the agent, saving its peer cache first.
+    /// Stops the agent, saving its peer cache first. When it returns, every
+    /// task of the agent has ended and its UDP port can be bound again.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
         self.transport.shutdown().await;
+        for mut task in self.background {
+            // The transport fails in-flight opens at shutdown, so the loops
+            // end at once; the bound only guards against a wedged one.
+            if tokio::time::timeout(BACKGROUND_STOP, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a node-agent task outlived the stop grace period; aborting it");
+                task.abort();
+            }
+        }
     }
 }
 
@@ -246,20 +264,22 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
     let (status_tx, status_rx) = watch::channel(initial);
 
     let members = Members::default();
-    spawn_gossip_listener(&transport, &members, events_tx.clone(), shutdown_rx.clone())?;
-    spawn_probe_responder(
-        &transport,
-        &members,
-        events_tx.clone(),
-        cfg.name.clone(),
-        shutdown_rx.clone(),
-    )?;
+    let mut background = vec![
+        spawn_gossip_listener(&transport, &members, events_tx.clone(), shutdown_rx.clone())?,
+        spawn_probe_responder(
+            &transport,
+            &members,
+            events_tx.clone(),
+            cfg.name.clone(),
+            shutdown_rx.clone(),
+        )?,
+    ];
 
     // The probe and redial loops run on the shared runtime, keyed per
     // target, with backoff; the core only says what is wanted.
     let (probe_targets, targets_rx) = watch::channel(BTreeMap::new());
     let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(256);
-    let probe_queue = ProbeLoop::spawn(
+    let (probe_queue, probe_task) = ProbeLoop::spawn(
         transport.clone(),
         members.own.clone(),
         targets_rx,
@@ -267,18 +287,21 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         cfg.probe_interval,
         shutdown_rx.clone(),
     );
+    background.push(probe_task);
     {
         let events = events_tx.clone();
-        tokio::spawn(async move {
+        background.push(tokio::spawn(async move {
             while let Some(p) = probe_rx.recv().await {
                 if events.send(Event::Probe(p)).await.is_err() {
                     return;
                 }
             }
-        });
+        }));
     }
     let (planned, planned_rx) = watch::channel(BTreeSet::new());
-    let redial_queue = RedialLoop::spawn(transport.clone(), planned_rx, shutdown_rx.clone());
+    let (redial_queue, redial_task) =
+        RedialLoop::spawn(transport.clone(), planned_rx, shutdown_rx.clone());
+    background.push(redial_task);
 
     let driver = Driver {
         cfg,
@@ -295,15 +318,16 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         redial_queue,
         canonical: watch::channel(Vec::new()).0,
         status_written: None,
+        sends: tokio::task::JoinSet::new(),
     };
     if driver.cfg.control_session {
-        spawn_control_session(
+        background.extend(spawn_control_session(
             &driver.cfg,
             &transport,
             driver.status.subscribe(),
             driver.canonical.subscribe(),
             shutdown_rx.clone(),
-        );
+        ));
     }
     let task = tokio::spawn(driver.run(events_rx, shutdown_rx));
     Ok(AgentHandle {
@@ -313,6 +337,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         events: events_tx,
         shutdown: shutdown_tx,
         task,
+        background,
         transport,
     })
 }
@@ -327,7 +352,7 @@ fn spawn_control_session(
     status: watch::Receiver<NodeStatus>,
     canonical: watch::Receiver<Vec<fabric_proto::endpoint::ControlEndpoint>>,
     shutdown: watch::Receiver<bool>,
-) {
+) -> [tokio::task::JoinHandle<()>; 2] {
     use crate::control::{ControlDriver, HeartbeatExtras, StatusHeartbeat};
     use fabric_proto::heartbeat::{UpdaterReport, UpdaterSubscription};
     let extras = HeartbeatExtras {
@@ -357,7 +382,7 @@ fn spawn_control_session(
     let trigger = cfg.state_dir.join("update-trigger.json");
     let name = cfg.name.clone();
     let mut stop = shutdown.clone();
-    tokio::spawn(async move {
+    let trigger_writer = tokio::spawn(async move {
         let mut seen = BTreeMap::new();
         loop {
             tokio::select! {
@@ -384,7 +409,7 @@ fn spawn_control_session(
         }
     });
     let interval = cfg.heartbeat_interval;
-    tokio::spawn(driver.run(interval, shutdown));
+    [trigger_writer, tokio::spawn(driver.run(interval, shutdown))]
 }
 
 /// The door of this node's gossip and probe services (see
@@ -530,7 +555,7 @@ fn serve<F, Fut>(
     events: &mpsc::Sender<Event>,
     mut shutdown: watch::Receiver<bool>,
     handler: F,
-) -> Result<(), AgentError>
+) -> Result<tokio::task::JoinHandle<()>, AgentError>
 where
     F: Fn(fabric::channel::Channel) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -541,7 +566,7 @@ where
     let events = events.clone();
     let service = service.to_owned();
     let handler = Arc::new(handler);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let ch = tokio::select! {
                 ch = listener.accept() => ch,
@@ -577,7 +602,7 @@ where
             });
         }
     });
-    Ok(())
+    Ok(task)
 }
 
 fn spawn_gossip_listener(
@@ -585,7 +610,7 @@ fn spawn_gossip_listener(
     members: &Members,
     events: mpsc::Sender<Event>,
     shutdown: watch::Receiver<bool>,
-) -> Result<(), AgentError> {
+) -> Result<tokio::task::JoinHandle<()>, AgentError> {
     let to_core = events.clone();
     serve(
         transport,
@@ -615,7 +640,7 @@ fn spawn_probe_responder(
     events: mpsc::Sender<Event>,
     name: String,
     shutdown: watch::Receiver<bool>,
-) -> Result<(), AgentError> {
+) -> Result<tokio::task::JoinHandle<()>, AgentError> {
     serve(
         transport,
         // A provider answers the whole fleet's probes: its role, not a budget.
@@ -662,6 +687,8 @@ struct Driver {
     /// record, live providers first).
     canonical: watch::Sender<Vec<fabric_proto::endpoint::ControlEndpoint>>,
     status_written: Option<std::time::Instant>,
+    /// Gossip pushes in flight.
+    sends: tokio::task::JoinSet<()>,
 }
 
 /// What the core may read of the transport.
@@ -735,6 +762,9 @@ impl Driver {
         if let Err(e) = crate::status::write(&self.cfg.state_dir, &last) {
             tracing::debug!(node = %self.cfg.name, error = %e, "status.json not written");
         }
+        // Pushes still in flight hold the transport; they are not worth
+        // finishing on the way out.
+        self.sends.shutdown().await;
         tracing::info!(node = %self.cfg.name, "node-agent stopped");
     }
 
@@ -814,11 +844,12 @@ impl Driver {
         }
     }
 
-    fn send(&self, o: gossip::Outgoing) {
+    fn send(&mut self, o: gossip::Outgoing) {
+        while self.sends.try_join_next().is_some() {}
         let transport = self.transport.clone();
         let hello = self.members.own.hello();
         let events = self.events.clone();
-        tokio::spawn(async move {
+        self.sends.spawn(async move {
             let fut = async {
                 let mut ch = transport
                     .open(o.to, GOSSIP_SERVICE)

@@ -27,6 +27,7 @@ use fabric_runtime::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::registry::ProbeResult;
 
@@ -61,7 +62,8 @@ pub struct ProbeLoop {
 }
 
 impl ProbeLoop {
-    /// Starts the loop; returns the queue the runner enqueues providers on.
+    /// Starts the loop; returns the queue the runner enqueues providers on and
+    /// the loop's task, which ends after shutdown.
     pub(crate) fn spawn(
         transport: Transport,
         proof: crate::agent::OwnProof,
@@ -69,7 +71,7 @@ impl ProbeLoop {
         results: mpsc::Sender<ProbeResult>,
         interval: Duration,
         shutdown: watch::Receiver<bool>,
-    ) -> QueueHandle<String> {
+    ) -> (QueueHandle<String>, JoinHandle<()>) {
         let interval = interval.max(Duration::from_millis(10));
         let own_id = transport.node_id();
         spawn_controller(
@@ -179,12 +181,13 @@ pub struct RedialLoop {
 }
 
 impl RedialLoop {
-    /// Starts the loop; returns the queue the runner enqueues peers on.
+    /// Starts the loop; returns the queue the runner enqueues peers on and the
+    /// loop's task, which ends after shutdown.
     pub fn spawn(
         transport: Transport,
         planned: watch::Receiver<BTreeSet<NodeId>>,
         shutdown: watch::Receiver<bool>,
-    ) -> QueueHandle<NodeId> {
+    ) -> (QueueHandle<NodeId>, JoinHandle<()>) {
         spawn_controller(
             RedialLoop { transport, planned },
             BackoffConfig {
@@ -229,7 +232,7 @@ fn spawn_controller<R>(
     r: R,
     backoff: BackoffConfig,
     mut shutdown: watch::Receiver<bool>,
-) -> QueueHandle<R::Key>
+) -> (QueueHandle<R::Key>, JoinHandle<()>)
 where
     R: Reconciler<Ctx = ()>,
 {
@@ -246,10 +249,10 @@ where
         },
     );
     let queue = controller.queue();
-    tokio::spawn(controller.run(async move {
+    let task = tokio::spawn(controller.run(async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     }));
-    queue
+    (queue, task)
 }
 
 fn now_ms() -> u64 {

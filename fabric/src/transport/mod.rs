@@ -301,9 +301,9 @@ impl Transport {
             relay = inner.config.relay,
             "fabric transport listening"
         );
-        tokio::spawn(inner.clone().accept_loop());
+        inner.spawn(inner.clone().accept_loop());
         if let Some(every) = inner.config.path_upgrade_interval {
-            tokio::spawn(inner.clone().upgrade_loop(every));
+            inner.spawn(inner.clone().upgrade_loop(every));
         }
         Ok(Self { inner })
     }
@@ -348,6 +348,24 @@ impl Transport {
     /// Opens a channel to `service` on `node`, connecting first if needed.
     pub async fn open(&self, node: NodeId, service: &str) -> Result<Channel, TransportError> {
         validate_service(service, false)?;
+        self.until_shutdown(self.open_inner(node, service)).await
+    }
+
+    /// Runs `op` unless the transport shuts down first: a dial waiting out its
+    /// connect timeout would otherwise hold the endpoint (and its UDP port)
+    /// for that long after `shutdown`.
+    async fn until_shutdown<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, TransportError>>,
+    ) -> Result<T, TransportError> {
+        let mut shutdown = self.inner.shutdown_signal();
+        tokio::select! {
+            r = op => r,
+            _ = shutdown.wait_for(|stop| *stop) => Err(TransportError::Shutdown),
+        }
+    }
+
+    async fn open_inner(&self, node: NodeId, service: &str) -> Result<Channel, TransportError> {
         let entry = self.inner.connection_to(node).await?;
         match self.inner.open_on(&entry, service).await {
             Err(e) if e.is_connection_lost() => {
@@ -393,7 +411,8 @@ impl Transport {
 
     /// Establishes (or reuses) a connection to `node` and reports its path.
     pub async fn connect(&self, node: NodeId) -> Result<PathKind, TransportError> {
-        Ok(self.inner.connection_to(node).await?.path)
+        self.until_shutdown(async { Ok(self.inner.connection_to(node).await?.path) })
+            .await
     }
 
     /// Closes the cached connection to `node`, if any (channels on it fail).
@@ -540,6 +559,20 @@ impl Inner {
         self.shutdown.subscribe()
     }
 
+    /// Spawns a task of this transport that ends at shutdown at the latest.
+    /// Each such task holds the endpoint and so the UDP socket: one left
+    /// waiting out a handshake or header timeout would keep the node's port
+    /// bound after `shutdown`.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut shutdown = self.shutdown_signal();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = task => {}
+                _ = shutdown.wait_for(|stop| *stop) => {}
+            }
+        });
+    }
+
     fn is_shut_down(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -650,10 +683,10 @@ impl Inner {
             node_id = %self.node_id.short(), peer = %peer.short(), path = %path, outbound,
             "connection established"
         );
-        tokio::spawn(self.clone().drive_connection(entry.clone()));
+        self.spawn(self.clone().drive_connection(entry.clone()));
         if let Some(old) = displaced {
             tracing::debug!(peer = %peer.short(), path = %old.path, "draining replaced connection");
-            tokio::spawn(drain_and_close(old, self.config.drain_grace));
+            self.spawn(drain_and_close(old, self.config.drain_grace));
         }
         winner
     }
@@ -682,7 +715,7 @@ impl Inner {
             self.handshaking.fetch_add(1, Ordering::Relaxed);
             let in_progress = CountGuard(self.handshaking.clone());
             let inner = self.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 let _in_progress = in_progress;
                 let remote = incoming.remote_address();
                 if let Err(e) = inner.handle_incoming(incoming).await {
@@ -737,7 +770,7 @@ impl Inner {
         let reason = loop {
             match entry.conn.accept_bi().await {
                 Ok((send, recv)) => {
-                    tokio::spawn(self.clone().handle_stream(entry.clone(), send, recv));
+                    self.spawn(self.clone().handle_stream(entry.clone(), send, recv));
                 }
                 Err(e) => break e,
             }

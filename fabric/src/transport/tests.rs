@@ -263,3 +263,44 @@ async fn dial_locks_are_dropped_when_nobody_dials() {
     assert_eq!(a.inner.dialing.lock().expect("lock").len(), 0);
     shutdown(&[&a, &b]).await;
 }
+
+#[tokio::test]
+async fn shutdown_fails_an_open_waiting_on_its_handshake_at_once() {
+    let mut slow = config(false);
+    slow.connect_timeout = Duration::from_secs(30);
+    slow.open_deadline = Duration::from_secs(60);
+    let a = bind(slow).await;
+    // A bound socket that never answers: the handshake would wait out the
+    // whole connect timeout.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let ghost = NodeIdentity::generate().node_id();
+    a.set_peer(ghost, at(silent.local_addr().expect("addr"), false));
+    let opening = tokio::spawn({
+        let a = a.clone();
+        async move { a.open(ghost, "svc").await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let addr = addr(&a);
+    a.shutdown().await;
+    let result = timeout(STEP, opening)
+        .await
+        .expect("open returned after shutdown")
+        .expect("task");
+    assert!(
+        matches!(result, Err(TransportError::Shutdown)),
+        "{result:?}"
+    );
+    drop(a);
+    // Nothing of the transport holds the socket any more: the port is free
+    // once the endpoint has drained the connection it closed.
+    let freed = timeout(STEP, async {
+        while std::net::UdpSocket::bind(addr).is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        freed.is_ok(),
+        "the transport's port stayed bound after shutdown"
+    );
+}

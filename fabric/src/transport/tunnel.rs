@@ -196,7 +196,7 @@ impl Inner {
         let entry = self.register(conn, target, PathKind::Relayed { via }, true);
         // The keeper watches the tunnel's own connection, which may not be the
         // one `register` chose if the target dialled us at the same moment.
-        tokio::spawn(
+        self.spawn(
             self.clone()
                 .keep_initiator_tunnel(ctrl, tunnel, relay, vaddr),
         );
