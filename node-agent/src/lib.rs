@@ -18,6 +18,7 @@
 //! - [`cache`]: the persisted peer cache.
 //! - [`status`]: the node's status report.
 //! - [`control`]: the control session (heartbeats, hints, endpoint convergence).
+//! - [`update`]: the update plane (state machine, journal, artifacts, updater).
 
 pub mod admission;
 pub mod agent;
@@ -31,5 +32,6 @@ pub mod node_core;
 pub mod registry;
 pub mod sim;
 pub mod status;
+pub mod update;
 
 pub use agent::{start, AgentConfig, AgentHandle};

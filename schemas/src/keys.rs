@@ -60,6 +60,25 @@ pub fn read_private_key(path: &Path) -> Result<SigningKey, KeyFileError> {
 /// Writes `bytes` to `path` via a temp file, fsync and rename, so a crash
 /// leaves either the old file or the new one, never half of either.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyFileError> {
+    write_atomic_observed(path, bytes, mode, &mut |_| {})
+}
+
+/// The points of an atomic write a crash test can stop at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WritePoint {
+    /// The temp file is written and fsynced; the target is still the old file.
+    TempSynced,
+    /// The rename is done; the folder is not fsynced yet.
+    Renamed,
+}
+
+/// [`write_atomic`], calling `at` at each [`WritePoint`].
+pub fn write_atomic_observed(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    at: &mut dyn FnMut(WritePoint),
+) -> Result<(), KeyFileError> {
     let io = |source| KeyFileError::Io {
         path: path.display().to_string(),
         source,
@@ -90,7 +109,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyFileE
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        fs::rename(&tmp, path)
+        at(WritePoint::TempSynced);
+        fs::rename(&tmp, path)?;
+        at(WritePoint::Renamed);
+        Ok(())
     })();
     if let Err(e) = written {
         // Never leave a partial temp file behind (a full disk, say).
