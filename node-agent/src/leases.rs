@@ -198,6 +198,7 @@ mod tests {
                     sha256: "ab".repeat(32),
                     size: 10,
                     mirrors: vec![],
+                    pieces: None,
                 },
                 target: TargetSelector {
                     all: true,

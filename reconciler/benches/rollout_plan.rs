@@ -98,6 +98,7 @@ fn simulate(nodes: usize) -> Run {
                 sha256: "00".repeat(32),
                 size: 1,
                 mirrors: vec![],
+                pieces: None,
             },
             target: TargetSelector {
                 all: true,

@@ -429,6 +429,7 @@ fn fleet_wide_kinds_refuse_a_narrow_scope_and_intents_stay_in_their_areas() {
                 sha256: "a".repeat(64),
                 size: 1,
                 mirrors: vec!["https://example.com/a".into()],
+                pieces: None,
             },
             target: fabric_schemas::kinds::TargetSelector {
                 all,

@@ -126,6 +126,7 @@ pub(crate) fn intent(name: &str, component: Component) -> IntentInput {
                 sha256: "00".repeat(32),
                 size: 1,
                 mirrors: vec!["fabric://update-cache/x".into()],
+                pieces: None,
             },
             target: TargetSelector {
                 all: true,

@@ -18,7 +18,8 @@ pub use service::{ServiceRecord, ServiceRecordSpec, ServiceRecordStatus, CORE_SE
 pub use status::ObjectStatus;
 pub use trust::{RoleKeys, TrustKey, TrustRoles, TrustRoot, TrustRootSpec};
 pub use update::{
-    ArtifactSpec, Component, TargetSelector, UpdateIntent, UpdateIntentSpec, UpdateIntentStatus,
+    ArtifactSpec, Component, PieceSpec, TargetSelector, UpdateIntent, UpdateIntentSpec,
+    UpdateIntentStatus,
 };
 
 use serde::{Deserialize, Serialize};

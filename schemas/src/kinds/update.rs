@@ -69,6 +69,32 @@ pub struct ArtifactSpec {
     pub size: u64,
     /// Where the artifact may be fetched; any mirror will do since the hash is pinned.
     pub mirrors: Vec<String>,
+    /// The artifact's pieces, pinned by their root: a node checks every piece
+    /// it fetches against it before keeping it, so it can take pieces from
+    /// several neighbours at once and drop one that serves a bad piece.
+    /// `fabricctl artifact push` prints it. Without it a node can verify only
+    /// the whole file, and fetches from one source at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pieces: Option<PieceSpec>,
+}
+
+/// How an artifact is cut into pieces, and the hash that pins them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PieceSpec {
+    /// Bytes per piece (the last piece may be shorter): a power of two from
+    /// 16 KiB to 16 MiB.
+    pub piece_size: u64,
+    /// Lower-case hex SHA-256 over the 32-byte SHA-256 digests of the pieces,
+    /// concatenated in order.
+    pub root: String,
+}
+
+impl PieceSpec {
+    /// The smallest piece size allowed.
+    pub const MIN_PIECE_SIZE: u64 = 16 * 1024;
+    /// The largest piece size allowed.
+    pub const MAX_PIECE_SIZE: u64 = 16 * 1024 * 1024;
 }
 
 /// Node selection: a node matches when it matches every non-empty list.

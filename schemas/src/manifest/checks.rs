@@ -174,17 +174,18 @@ fn service(s: &ServiceRecordSpec, e: &mut Errors<'_>) {
     }
 }
 
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 fn intent(s: &UpdateIntentSpec, e: &mut Errors<'_>) {
     if s.version.trim().is_empty() {
         e.push("spec.version", "must not be empty");
     }
     let a = &s.artifact;
-    if a.sha256.len() != 64
-        || !a
-            .sha256
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if !is_sha256_hex(&a.sha256) {
         e.push(
             "spec.artifact.sha256",
             format!("{:?} is not 64 lower-case hex digits", a.sha256),
@@ -192,6 +193,28 @@ fn intent(s: &UpdateIntentSpec, e: &mut Errors<'_>) {
     }
     if a.size == 0 {
         e.push("spec.artifact.size", "must be greater than 0");
+    }
+    if let Some(p) = &a.pieces {
+        use crate::kinds::PieceSpec;
+        if !p.piece_size.is_power_of_two()
+            || !(PieceSpec::MIN_PIECE_SIZE..=PieceSpec::MAX_PIECE_SIZE).contains(&p.piece_size)
+        {
+            e.push(
+                "spec.artifact.pieces.pieceSize",
+                format!(
+                    "{} is not a power of two from {} to {}",
+                    p.piece_size,
+                    PieceSpec::MIN_PIECE_SIZE,
+                    PieceSpec::MAX_PIECE_SIZE
+                ),
+            );
+        }
+        if !is_sha256_hex(&p.root) {
+            e.push(
+                "spec.artifact.pieces.root",
+                format!("{:?} is not 64 lower-case hex digits", p.root),
+            );
+        }
     }
     if a.mirrors.is_empty() {
         e.push("spec.artifact.mirrors", "at least one mirror URL is needed");

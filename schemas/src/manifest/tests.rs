@@ -150,3 +150,47 @@ spec:
     assert!(errs[0].message.contains("duplicate FabricNode \"n1\""));
     assert_eq!(errs[1].field, "spec.providers[1]");
 }
+
+const INTENT: &str = "apiVersion: fabric.dev/v1alpha1
+kind: UpdateIntent
+metadata:
+  name: agent-0-3
+spec:
+  component: node-agent
+  version: 0.3.0
+  artifact:
+    sha256: PLACEHOLDER
+    size: 100000
+    mirrors: [\"fabric://update-store/agent-0-3\"]
+    pieces:
+      pieceSize: PIECE
+      root: ROOT
+  target:
+    all: true
+  policy: p
+";
+
+#[test]
+fn an_intent_with_a_piece_root_parses_and_bad_pieces_are_named() {
+    let good = INTENT
+        .replace("PLACEHOLDER", &"ab".repeat(32))
+        .replace("PIECE", "65536")
+        .replace("ROOT", &"cd".repeat(32));
+    let (objs, errs) = parse(&good);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(objs.len(), 1);
+    assert!(check_object(&objs[0]).is_empty());
+    let bad = INTENT
+        .replace("PLACEHOLDER", &"ab".repeat(32))
+        .replace("PIECE", "1000")
+        .replace("ROOT", "XYZ");
+    let (objs, errs) = parse(&bad);
+    assert!(errs.is_empty(), "{errs:?}");
+    let errs = check_object(&objs[0]);
+    let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+    assert!(
+        fields.contains(&"spec.artifact.pieces.pieceSize"),
+        "{errs:?}"
+    );
+    assert!(fields.contains(&"spec.artifact.pieces.root"), "{errs:?}");
+}
