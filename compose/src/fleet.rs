@@ -42,6 +42,10 @@ pub struct FleetOptions {
     pub heartbeat_interval: Duration,
     /// Lifetime of the signed records.
     pub record_ttl: Duration,
+    /// The updaters' safety-net poll.
+    pub updater_poll: Duration,
+    /// Failed fetches of one artifact before an update attempt is aborted.
+    pub updater_fetch_attempts: u32,
 }
 
 impl FleetOptions {
@@ -54,6 +58,8 @@ impl FleetOptions {
             probe_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(1),
             record_ttl: Duration::from_secs(24 * 3600),
+            updater_poll: Duration::from_secs(10),
+            updater_fetch_attempts: 6,
         }
     }
 }
@@ -221,6 +227,8 @@ impl LocalFleet {
         };
         cfg.probe_interval = self.opts.probe_interval;
         cfg.heartbeat_interval = self.opts.heartbeat_interval;
+        cfg.updater_poll = self.opts.updater_poll;
+        cfg.updater_fetch_attempts = self.opts.updater_fetch_attempts;
         let mut tc = TransportConfig::new(m.addr);
         tc.connect_timeout = Duration::from_secs(2);
         tc.idle_timeout = Duration::from_secs(10);
@@ -251,6 +259,26 @@ impl LocalFleet {
         )
         .map_err(setup("record"))?;
         Ok(Envelope::sign(rec, &[&self.control]).encode())
+    }
+
+    /// The fleet's key for `role` (the orchestrator's signs leases), read
+    /// from the trust folder.
+    pub fn role_key(&self, role: Role) -> Result<SigningKey, FleetError> {
+        let dir = self.trust_dir.join("keys");
+        let prefix = format!("{}-", role.as_str());
+        let entries = std::fs::read_dir(&dir).map_err(setup("trust keys"))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && name.ends_with(".pem") {
+                return fabric_schemas::keys::read_private_key(&e.path())
+                    .map_err(setup("trust key"));
+            }
+        }
+        Err(FleetError::Setup(format!(
+            "no {} key in {}",
+            role.as_str(),
+            dir.display()
+        )))
     }
 
     /// The fleet's control key (signs records).

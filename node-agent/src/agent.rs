@@ -32,6 +32,12 @@ use crate::membership::{
 use crate::node_core::{CoreConfig, Effect, LinkView, NodeCore};
 use crate::registry::ProbeResult;
 use crate::status::NodeStatus;
+use crate::update::artifact::ArtifactStore;
+use crate::update::exchange::{serve_one, ARTIFACT_SERVICE};
+use crate::update::intents::UpdateInputs;
+use crate::update::updater::{
+    Liveness, UpdateStatus, Updater, UpdaterConfig, UpdaterView, Wake, SUPPORTS_HINT_WAKE,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// status.json is rewritten at most this often (the status watch sees every round).
@@ -79,6 +85,15 @@ pub struct AgentConfig {
     /// co-located with the control plane (filled by the composition root once
     /// the API is up); empty elsewhere.
     pub local_control: crate::control::LocalControlSlot,
+    /// Run the updater (intents, journal, artifacts, apply requests).
+    pub updater: bool,
+    /// The updater's safety-net poll (each wait jittered 0.5x..1.5x).
+    pub updater_poll: Duration,
+    /// Wake the updater on `update-trigger.json` / `apply-result.json`
+    /// touches (notify); off, it polls only and says so in heartbeats.
+    pub updater_file_wake: bool,
+    /// Failed fetches of one artifact before the attempt is aborted.
+    pub updater_fetch_attempts: u32,
 }
 
 impl AgentConfig {
@@ -99,6 +114,10 @@ impl AgentConfig {
             control_session: true,
             heartbeat_interval: Duration::from_secs(5),
             local_control: crate::control::LocalControlSlot::new(),
+            updater: true,
+            updater_poll: Duration::from_secs(60),
+            updater_file_wake: true,
+            updater_fetch_attempts: 6,
         }
     }
 }
@@ -144,7 +163,16 @@ pub struct AgentHandle {
     /// (and so its UDP socket), so `stop` waits for them: when it returns the
     /// node's address is free again.
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Talks to the updater's supervisor; `None` without an updater.
+    updater: Option<mpsc::UnboundedSender<SupervisorMsg>>,
     transport: Transport,
+}
+
+/// What the agent tells the updater's supervisor.
+#[derive(Clone, Copy, Debug)]
+enum SupervisorMsg {
+    Wake(Wake),
+    Kill,
 }
 
 impl AgentHandle {
@@ -177,6 +205,15 @@ impl AgentHandle {
             .await
             .map_err(|_| "agent stopped".to_owned())?;
         rx.await.map_err(|_| "agent stopped".to_owned())?
+    }
+
+    /// Kills the updater task as a crash would; the supervisor finds it dead,
+    /// restarts it and counts the restart (`updater.restarts` in status).
+    /// For diagnostics and tests.
+    pub fn kill_updater(&self) -> bool {
+        self.updater
+            .as_ref()
+            .is_some_and(|u| u.send(SupervisorMsg::Kill).is_ok())
     }
 
     /// Stops the agent, saving its peer cache first. When it returns, every
@@ -303,6 +340,47 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         RedialLoop::spawn(transport.clone(), planned_rx, shutdown_rx.clone());
     background.push(redial_task);
 
+    // The update plane: the artifact service every node serves, and the
+    // updater under its supervisor.
+    let (update_inputs, inputs_rx) = watch::channel(UpdateInputs::default());
+    let store = ArtifactStore::new(&cfg.state_dir.join("artifacts"));
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    background.push(spawn_artifact_service(
+        &transport,
+        &members,
+        store,
+        served.clone(),
+        shutdown_rx.clone(),
+    )?);
+    let (updater_view, updater_ctl) = if cfg.updater {
+        let ucfg = UpdaterConfig {
+            poll: cfg.updater_poll,
+            file_wake: cfg.updater_file_wake,
+            max_fetch_attempts: cfg.updater_fetch_attempts,
+            ..UpdaterConfig::new(&cfg.name, &cfg.state_dir)
+        };
+        let (status_tx, status_rx) = watch::channel(None);
+        let view = UpdaterView {
+            status: status_rx,
+            liveness: Arc::new(Liveness::default()),
+            supports_hint_wake: SUPPORTS_HINT_WAKE && cfg.updater_file_wake,
+            poll: ucfg.poll,
+        };
+        let (ctl, ctl_rx) = mpsc::unbounded_channel();
+        background.push(tokio::spawn(supervise_updater(
+            ucfg,
+            transport.clone(),
+            inputs_rx,
+            status_tx,
+            view.clone(),
+            ctl_rx,
+            shutdown_rx.clone(),
+        )));
+        (Some(view), Some(ctl))
+    } else {
+        (None, None)
+    };
+
     let driver = Driver {
         cfg,
         transport: transport.clone(),
@@ -319,6 +397,10 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         canonical: watch::channel(Vec::new()).0,
         status_written: None,
         sends: tokio::task::JoinSet::new(),
+        update_inputs,
+        updater: updater_view,
+        own_record: false,
+        artifact_bytes_served: served,
     };
     if driver.cfg.control_session {
         background.extend(spawn_control_session(
@@ -326,6 +408,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
             &transport,
             driver.status.subscribe(),
             driver.canonical.subscribe(),
+            updater_ctl.clone(),
             shutdown_rx.clone(),
         ));
     }
@@ -338,6 +421,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         shutdown: shutdown_tx,
         task,
         background,
+        updater: updater_ctl,
         transport,
     })
 }
@@ -351,6 +435,7 @@ fn spawn_control_session(
     transport: &Transport,
     status: watch::Receiver<NodeStatus>,
     canonical: watch::Receiver<Vec<fabric_proto::endpoint::ControlEndpoint>>,
+    updater: Option<mpsc::UnboundedSender<SupervisorMsg>>,
     shutdown: watch::Receiver<bool>,
 ) -> [tokio::task::JoinHandle<()>; 2] {
     use crate::control::{ControlDriver, HeartbeatExtras, StatusHeartbeat};
@@ -359,9 +444,11 @@ fn spawn_control_session(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         host_agent_version: None,
         peer_metrics: Default::default(),
+        // What a node without an updater reports; a node with one reports
+        // its measured liveness from status (see `heartbeat_from_status`).
         updater: UpdaterReport {
-            subscription: UpdaterSubscription::Alive,
-            supports_hint_wake: true,
+            subscription: UpdaterSubscription::Gap,
+            supports_hint_wake: false,
             status_at_ms: None,
             update: None,
         },
@@ -392,6 +479,11 @@ fn spawn_control_session(
             let hints = state.borrow().update_hints.clone();
             if hints.is_empty() || hints == seen {
                 continue;
+            }
+            // The direct wake first; the file below wakes it too (and any
+            // other updater watching it), and outlives a dead task.
+            if let Some(u) = &updater {
+                let _ = u.send(SupervisorMsg::Wake(Wake::Hint));
             }
             let body = serde_json::json!({"update_hints": hints, "at_ms": now_ms()});
             match serde_json::to_vec_pretty(&body) {
@@ -666,6 +758,110 @@ fn spawn_probe_responder(
     )
 }
 
+/// Runs the updater and restarts it when its task died or its liveness
+/// stamp went stale while the agent kept running (the seed's
+/// `updater_subscription_gap`); each restart is logged and counted.
+async fn supervise_updater(
+    cfg: UpdaterConfig,
+    transport: Transport,
+    inputs: watch::Receiver<UpdateInputs>,
+    status: watch::Sender<Option<UpdateStatus>>,
+    view: UpdaterView,
+    mut ctl: mpsc::UnboundedReceiver<SupervisorMsg>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let start = |why: &str| match Updater::start(
+        cfg.clone(),
+        transport.clone(),
+        inputs.clone(),
+        status.clone(),
+        view.liveness.clone(),
+    ) {
+        Ok(u) => Some((u, std::time::Instant::now())),
+        Err(e) => {
+            tracing::error!(node = %cfg.name, error = %e, %why, "updater did not start; retrying");
+            None
+        }
+    };
+    let mut running = start("agent start");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = ctl.recv() => match msg {
+                Some(SupervisorMsg::Wake(w)) => {
+                    if let Some((u, _)) = &running { u.wake(w) }
+                }
+                Some(SupervisorMsg::Kill) => {
+                    if let Some((u, _)) = &running {
+                        tracing::warn!(node = %cfg.name, "updater task killed on request");
+                        u.abort();
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                let why = match &running {
+                    None => Some("not running"),
+                    Some((u, _)) if u.is_finished() => Some("its task ended"),
+                    Some((_, since)) if since.elapsed() > view.stale_after() && !view.liveness_now().alive => {
+                        Some("no pass within three poll intervals (wedged)")
+                    }
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    tracing::warn!(node = %cfg.name, reason = why, "updater is dead while the agent runs; restarting it");
+                    if let Some((u, _)) = running.take() {
+                        u.abort();
+                    }
+                    view.liveness.restarted();
+                    running = start(why);
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    if let Some((u, _)) = running {
+        u.stop().await;
+    }
+}
+
+/// Serves this node's artifacts (staged ones and verified pieces) to the
+/// fleet's members on the `artifact` service.
+fn spawn_artifact_service(
+    transport: &Transport,
+    members: &Members,
+    store: ArtifactStore,
+    served: Arc<std::sync::atomic::AtomicU64>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+    let mut listener = transport.listen(ARTIFACT_SERVICE)?;
+    let members = members.clone();
+    Ok(tokio::spawn(async move {
+        let mut serving = tokio::task::JoinSet::new();
+        loop {
+            let ch = tokio::select! {
+                ch = listener.accept() => ch,
+                _ = shutdown.changed() => break,
+            };
+            let Some(ch) = ch else { break };
+            while serving.try_join_next().is_some() {}
+            let peer = ch.peer();
+            if !members.known(&peer) {
+                members.refuse(peer, Refusal::NoProof);
+                continue;
+            }
+            let (store, served) = (store.clone(), served.clone());
+            serving.spawn(async move {
+                if let Err(e) = serve_one(ch, store, served).await {
+                    tracing::debug!(peer = %peer.short(), error = %e, "artifact request not served");
+                }
+            });
+        }
+        serving.shutdown().await;
+    }))
+}
+
 /// The thin async driver around [`NodeCore`]: it owns the transport, the
 /// loops and the files, feeds the core its inputs and carries out its effects.
 struct Driver {
@@ -689,6 +885,14 @@ struct Driver {
     status_written: Option<std::time::Instant>,
     /// Gossip pushes in flight.
     sends: tokio::task::JoinSet<()>,
+    /// What the updater reads of the core.
+    update_inputs: watch::Sender<UpdateInputs>,
+    /// The updater's report and liveness, merged into every status.
+    updater: Option<UpdaterView>,
+    /// Whether the directory holds this node's own record.
+    own_record: bool,
+    /// Artifact bytes this node served to others.
+    artifact_bytes_served: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What the core may read of the transport.
@@ -791,7 +995,13 @@ impl Driver {
                 Effect::Send(o) => self.send(o),
                 Effect::SetPeer(id, info) => self.transport.set_peer(id, info),
                 Effect::Members(ids) => self.members.set(ids),
-                Effect::OwnRecord(r) => self.members.own.set(r),
+                Effect::OwnRecord(r) => {
+                    self.own_record = r.is_some();
+                    self.members.own.set(r);
+                }
+                Effect::Update(inputs) => {
+                    self.update_inputs.send_replace(*inputs);
+                }
                 Effect::Budget { inbound, wanted } => {
                     if let Ok(mut b) = self.members.budget.write() {
                         *b = (inbound, wanted);
@@ -816,7 +1026,15 @@ impl Driver {
                 Effect::Canonical(c) => {
                     self.canonical.send_replace(c);
                 }
-                Effect::Status(status) => {
+                Effect::Status(mut status) => {
+                    if let Some(u) = &self.updater {
+                        status.updater = Some(u.liveness_now());
+                        status.update = u.status.borrow().clone();
+                    }
+                    status.artifact_bytes_served = self
+                        .artifact_bytes_served
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    status.health = Some(crate::status::health(&status, self.own_record));
                     // status.json is for operators and scripts: once a second
                     // is plenty, and a write is a serialization and an fsync.
                     let due = self

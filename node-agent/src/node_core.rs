@@ -133,6 +133,9 @@ pub enum Effect {
         inbound: usize,
         wanted: BTreeSet<NodeId>,
     },
+    /// What the updater reads changed: intents for this node, lease checks,
+    /// artifact sources.
+    Update(Box<crate::update::intents::UpdateInputs>),
 }
 
 /// Per-peer retry state after failed sends.
@@ -163,6 +166,7 @@ pub struct NodeCore {
     metrics: PeerMetrics,
     resilience: Option<ResilienceReport>,
     leases: Vec<LeaseCheck>,
+    update_inputs: crate::update::intents::UpdateInputs,
     status: Option<NodeStatus>,
     own_record: Option<Vec<u8>>,
     partners: BTreeSet<NodeId>,
@@ -270,6 +274,7 @@ impl NodeCore {
             metrics: PeerMetrics::default(),
             resilience: None,
             leases: Vec::new(),
+            update_inputs: Default::default(),
             status: None,
             own_record: None,
             partners: BTreeSet::new(),
@@ -575,6 +580,31 @@ impl NodeCore {
             }
         }
         self.leases = checks;
+        self.refresh_update_inputs(envelopes, now);
+    }
+
+    /// The updater's view: intents for this node (target and scope checked
+    /// here), the lease checks, and where artifacts may come from.
+    fn refresh_update_inputs(&mut self, envelopes: &[gossip::Envelope], now: i64) {
+        use crate::update::intents::{artifact_sources, intents_for, UpdateInputs};
+        let (intents, refused) = match self.dir.nodes.get(&self.cfg.name) {
+            Some(me) if me.node_id == self.cfg.node_id => {
+                intents_for(&self.cfg.name, &me.spec, envelopes, now)
+            }
+            // Without its own record the node cannot tell what targets it.
+            _ => Default::default(),
+        };
+        let neighbours: BTreeSet<NodeId> = self.planned.union(&self.partners).copied().collect();
+        let inputs = UpdateInputs {
+            intents,
+            refused,
+            leases: self.leases.clone(),
+            sources: artifact_sources(self.cfg.node_id, &neighbours, &self.dir),
+        };
+        if inputs != self.update_inputs {
+            self.update_inputs = inputs.clone();
+            self.out.push(Effect::Update(Box::new(inputs)));
+        }
     }
 
     fn backing_off(&self, id: &NodeId, now_ms: u64) -> bool {
@@ -875,6 +905,11 @@ impl NodeCore {
             gossip_partners: self.partners.len(),
             resilience: self.resilience.clone(),
             leases: self.leases.clone(),
+            // The driver fills these from the updater and the checks.
+            update: None,
+            updater: None,
+            health: None,
+            artifact_bytes_served: 0,
             updated_ms: now_ms,
         };
         let preferred = status

@@ -510,6 +510,7 @@ impl NodeSim {
                 | Effect::Planned(_)
                 | Effect::Redial(_)
                 | Effect::Canonical(_)
+                | Effect::Update(_)
                 | Effect::Status(_) => {}
                 Effect::SaveCache(_) => self.cores[i].on_cache_saved(true),
             }

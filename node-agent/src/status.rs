@@ -65,6 +65,19 @@ pub struct NodeStatus {
     /// The node's own admission check of every lease it holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leases: Vec<crate::leases::LeaseCheck>,
+    /// The current update attempt (`state`, `intent`, `generation`, `phase`,
+    /// `lease_id`, `staged_sha256`, `reason`); `None` before any intent.
+    #[serde(default)]
+    pub update: Option<crate::update::updater::UpdateStatus>,
+    /// The updater's measured liveness; `None` when this node runs no updater.
+    #[serde(default)]
+    pub updater: Option<crate::update::updater::UpdaterLiveness>,
+    /// The node's own checks (transport, directory, registry, updater).
+    #[serde(default)]
+    pub health: Option<fabric_proto::heartbeat::HealthReport>,
+    /// Artifact bytes this node served to others (`artifact` service).
+    #[serde(default)]
+    pub artifact_bytes_served: u64,
     pub updated_ms: u64,
 }
 
@@ -108,6 +121,10 @@ impl NodeStatus {
             gossip_partners: 0,
             resilience: None,
             leases: Vec::new(),
+            update: None,
+            updater: None,
+            health: None,
+            artifact_bytes_served: 0,
             updated_ms: 0,
         }
     }
@@ -122,4 +139,51 @@ pub fn write(state_dir: &Path, status: &NodeStatus) -> Result<(), String> {
 pub fn read(state_dir: &Path) -> Result<NodeStatus, String> {
     let bytes = std::fs::read(state_dir.join(STATUS_FILE)).map_err(|e| e.to_string())?;
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// The node's own health checks, from its status: the transport holds a
+/// connection (unless the node is alone), the directory holds the node's own
+/// record, the registry is `active`, and the updater (when it runs) passed
+/// recently. Each failing check names why.
+pub fn health(status: &NodeStatus, own_record: bool) -> fabric_proto::heartbeat::HealthReport {
+    let mut failing = BTreeMap::new();
+    if status.connections == 0 && status.directory_nodes > 1 {
+        failing.insert(
+            "transport".to_owned(),
+            "no live connection to any peer".to_owned(),
+        );
+    }
+    if !own_record {
+        failing.insert(
+            "directory".to_owned(),
+            format!(
+                "the directory ({} records) holds no record of this node",
+                status.directory_records
+            ),
+        );
+    }
+    if status.registry.status != RegistryStatus::Active {
+        failing.insert(
+            "registry".to_owned(),
+            format!("registry runtime is {}", status.registry.status.as_str()),
+        );
+    }
+    if let Some(u) = &status.updater {
+        if !u.alive {
+            failing.insert(
+                "updater".to_owned(),
+                match u.status_at_ms {
+                    Some(at) => format!(
+                        "no updater pass for {} ms",
+                        status.updated_ms.saturating_sub(at)
+                    ),
+                    None => "the updater never ran".to_owned(),
+                },
+            );
+        }
+    }
+    fabric_proto::heartbeat::HealthReport {
+        healthy: failing.is_empty(),
+        failing,
+    }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use fabric_proto::endpoint::ControlEndpoint;
 use fabric_proto::heartbeat::{
-    DirectoryReport, HeartbeatBody, PeerMetrics, RegistryRuntimeReport, UpdaterReport, QUIC_UDP,
-    SCHEMA_VERSION,
+    DirectoryReport, HeartbeatBody, HeartbeatUpdate, PeerMetrics, RegistryRuntimeReport,
+    UpdaterReport, UpdaterSubscription, QUIC_UDP, SCHEMA_VERSION,
 };
 use tokio::sync::watch;
 
@@ -70,10 +70,27 @@ pub fn heartbeat_from_status(
         } else {
             status.peer_metrics
         },
-        updater: extras.updater.clone(),
-        // The node's own health checks are not run yet: reported as absent,
-        // never as a literal "healthy".
-        health: None,
+        updater: match &status.updater {
+            // Measured: the updater's last pass, judged by the agent.
+            Some(u) => UpdaterReport {
+                subscription: if u.alive {
+                    UpdaterSubscription::Alive
+                } else {
+                    UpdaterSubscription::Gap
+                },
+                supports_hint_wake: u.supports_hint_wake,
+                status_at_ms: u.status_at_ms,
+                update: status.update.as_ref().map(|up| HeartbeatUpdate {
+                    intent: up.intent.clone(),
+                    generation: up.generation,
+                    phase: up.phase.clone(),
+                    lease_id: up.lease_id.clone(),
+                    state: up.state.clone(),
+                }),
+            },
+            None => extras.updater.clone(),
+        },
+        health: status.health.clone(),
         edge_listeners: status.edge_listeners.clone(),
         sent_at_ms: now_ms(),
         // This agent verifies leases; only legacy agents say otherwise.
