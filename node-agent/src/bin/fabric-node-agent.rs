@@ -59,6 +59,17 @@ struct Args {
     /// Core-service probe interval in milliseconds.
     #[arg(long, default_value_t = 5000)]
     probe_ms: u64,
+    /// The updater's safety-net poll in milliseconds (each wait is jittered
+    /// 0.5x..1.5x); hints, gossip and file touches wake it sooner.
+    #[arg(long, default_value_t = 60_000)]
+    updater_poll_ms: u64,
+    /// Do not watch update-trigger.json and apply-result.json: the updater
+    /// polls only, and heartbeats report `supports_hint_wake: false`.
+    #[arg(long)]
+    no_updater_file_wake: bool,
+    /// Run no updater at all (heartbeats then report an updater gap).
+    #[arg(long)]
+    no_updater: bool,
 }
 
 fn parse_bootstrap(s: &str) -> anyhow::Result<(NodeId, SocketAddr)> {
@@ -102,6 +113,9 @@ async fn main() -> anyhow::Result<()> {
         ..GossipConfig::default()
     };
     cfg.probe_interval = Duration::from_millis(args.probe_ms.max(100));
+    cfg.updater = !args.no_updater;
+    cfg.updater_poll = Duration::from_millis(args.updater_poll_ms.max(100));
+    cfg.updater_file_wake = !args.no_updater_file_wake;
     if let Some(dir) = &args.seed_dir {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
