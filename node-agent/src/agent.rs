@@ -45,6 +45,11 @@ const STATUS_FILE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long an opener may take to send its hello frame.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// The least time between two restarts of a dead updater.
+const UPDATER_RESTART_SPACING: Duration = Duration::from_secs(5);
+/// Artifact requests served at once, and how long one may take.
+const ARTIFACT_SERVE_SLOTS: usize = 8;
+const ARTIFACT_SERVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `stop` waits for each background task after the transport shut down.
 const BACKGROUND_STOP: Duration = Duration::from_secs(5);
 
@@ -770,20 +775,40 @@ async fn supervise_updater(
     mut ctl: mpsc::UnboundedReceiver<SupervisorMsg>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let start = |why: &str| match Updater::start(
-        cfg.clone(),
-        transport.clone(),
-        inputs.clone(),
-        status.clone(),
-        view.liveness.clone(),
-    ) {
-        Ok(u) => Some((u, std::time::Instant::now())),
-        Err(e) => {
-            tracing::error!(node = %cfg.name, error = %e, %why, "updater did not start; retrying");
-            None
+    let start = |why: &'static str, first: bool| {
+        let cfg = UpdaterConfig {
+            count_start: first,
+            ..cfg.clone()
+        };
+        let (transport, inputs, status, liveness) = (
+            transport.clone(),
+            inputs.clone(),
+            status.clone(),
+            view.liveness.clone(),
+        );
+        async move {
+            let name = cfg.name.clone();
+            // Reading and saving the journal is file I/O: off the async threads.
+            let started = tokio::task::spawn_blocking(move || {
+                Updater::start(cfg, transport, inputs, status, liveness)
+            })
+            .await;
+            match started {
+                Ok(Ok(u)) => Some((u, std::time::Instant::now())),
+                Ok(Err(e)) => {
+                    tracing::error!(node = %name, error = %e, %why, "updater did not start; retrying");
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(node = %name, error = %e, %why, "updater start panicked; retrying");
+                    None
+                }
+            }
         }
     };
-    let mut running = start("agent start");
+    let mut running = start("agent start", true).await;
+    // Restarts are spaced out: a task that dies at once must not spin.
+    let mut last_restart: Option<std::time::Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -809,13 +834,15 @@ async fn supervise_updater(
                     }
                     _ => None,
                 };
-                if let Some(why) = why {
+                let spaced = last_restart.is_none_or(|t| t.elapsed() >= UPDATER_RESTART_SPACING);
+                if let (Some(why), true) = (why, spaced) {
+                    last_restart = Some(std::time::Instant::now());
                     tracing::warn!(node = %cfg.name, reason = why, "updater is dead while the agent runs; restarting it");
                     if let Some((u, _)) = running.take() {
                         u.abort();
                     }
                     view.liveness.restarted();
-                    running = start(why);
+                    running = start(why, false).await;
                 }
             }
             _ = shutdown.changed() => break,
@@ -839,6 +866,7 @@ fn spawn_artifact_service(
     let members = members.clone();
     Ok(tokio::spawn(async move {
         let mut serving = tokio::task::JoinSet::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(ARTIFACT_SERVE_SLOTS));
         loop {
             let ch = tokio::select! {
                 ch = listener.accept() => ch,
@@ -851,10 +879,19 @@ fn spawn_artifact_service(
                 members.refuse(peer, Refusal::NoProof);
                 continue;
             }
+            // Bounded: a member asking for too much waits its turn (and a
+            // channel that waits too long times out) instead of filling the
+            // blocking pool the updater needs.
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
             let (store, served) = (store.clone(), served.clone());
             serving.spawn(async move {
-                if let Err(e) = serve_one(ch, store, served).await {
-                    tracing::debug!(peer = %peer.short(), error = %e, "artifact request not served");
+                let _permit = permit;
+                match tokio::time::timeout(ARTIFACT_SERVE_TIMEOUT, serve_one(ch, store, served)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(peer = %peer.short(), error = %e, "artifact request not served"),
+                    Err(_) => tracing::debug!(peer = %peer.short(), "artifact request timed out"),
                 }
             });
         }

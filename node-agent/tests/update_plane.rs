@@ -305,8 +305,12 @@ async fn a_killed_updater_is_detected_restarted_and_reported() {
     let fleet = fleet(dir.path(), 3).await;
     let name = fleet.members[1].name.clone();
     let h = fleet.handle(&name).expect("node");
-    let before = h.status().updater.expect("liveness");
-    assert!(before.alive, "{before:?}");
+    let before = wait_status(&fleet, &name, Duration::from_secs(20), |s| {
+        s.updater.as_ref().is_some_and(|u| u.alive)
+    })
+    .await
+    .updater
+    .expect("liveness");
     assert_eq!(before.restarts, 0);
     assert!(h.kill_updater());
     let s = wait_status(&fleet, &name, Duration::from_secs(20), |s| {

@@ -276,6 +276,13 @@ impl ArtifactStore {
         }
         let dir = self.dir(sha);
         fs::create_dir_all(&dir).map_err(Self::io(&dir))?;
+        // The old progress goes before the partial is truncated: a crash in
+        // between must not leave pieces marked whose bytes are gone.
+        match fs::remove_file(self.progress_path(sha)) {
+            Ok(()) => sync_dir(&dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Self::io(&self.progress_path(sha))(e)),
+        }
         let partial = self.partial_path(sha);
         let f = OpenOptions::new()
             .create(true)

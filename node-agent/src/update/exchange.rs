@@ -84,6 +84,17 @@ pub async fn serve_one(
         .await
         .map_err(|e| e.to_string())?;
     let req: Request = serde_json::from_slice(&req).map_err(|e| format!("bad request: {e}"))?;
+    let sha = match &req {
+        Request::Pieces { sha256, .. } | Request::Range { sha256, .. } => sha256,
+    };
+    // The digest names a folder of the store: nothing but a digest passes.
+    if sha.len() != 64
+        || !sha
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(format!("bad request: {sha:?} is not a sha256"));
+    }
     let not_here = |what: &str| Reply {
         ok: false,
         error: Some(what.to_owned()),
@@ -91,9 +102,8 @@ pub async fn serve_one(
     };
     match req {
         Request::Pieces { sha256, piece_size } => {
-            let reply = if !(PieceSpec::MIN_PIECE_SIZE..=PieceSpec::MAX_PIECE_SIZE)
-                .contains(&piece_size)
-                && piece_size != DEFAULT_PIECE_SIZE
+            let reply = if !piece_size.is_power_of_two()
+                || !(PieceSpec::MIN_PIECE_SIZE..=PieceSpec::MAX_PIECE_SIZE).contains(&piece_size)
             {
                 not_here("bad_piece_size")
             } else {
@@ -263,10 +273,12 @@ async fn ask(
             .request(req)
             .await
             .map_err(|e| format!("protocol: {e}"))?;
-        let data = if reply.ok && matches!(req, Request::Range { .. }) {
+        let data = if let (true, Request::Range { len, .. }) = (reply.ok, req) {
             let mut ch = framed.into_inner();
+            // Never more than was asked for: a longer frame is refused
+            // before it is buffered.
             Some(
-                read_frame(&mut ch, MAX_DATA_BYTES)
+                read_frame(&mut ch, (*len as usize).min(MAX_DATA_BYTES))
                     .await
                     .map_err(|e| format!("protocol: {e}"))?,
             )
@@ -383,22 +395,28 @@ pub async fn fetch(
                 cfg.stall,
             ));
         }
+        // Sources whose worker ran out of pieces: they take over the share
+        // of a source dropped later.
+        let mut idle: Vec<NodeId> = Vec::new();
         while let Some(done) = workers.join_next().await {
-            if let Ok(Err((source, why))) = done {
-                tried.push((source, why));
-                // Someone else takes over the dropped source's share.
-                if let Some(next) = remaining.pop_front() {
-                    workers.spawn(worker(
-                        transport.clone(),
-                        store.clone(),
-                        plan.sha256.clone(),
-                        layout,
-                        next,
-                        queue.clone(),
-                        progress.clone(),
-                        cfg.stall,
-                    ));
+            match done {
+                Ok(Ok(source)) => idle.push(source),
+                Ok(Err((source, why))) => {
+                    tried.push((source, why));
+                    if let Some(next) = remaining.pop_front().or_else(|| idle.pop()) {
+                        workers.spawn(worker(
+                            transport.clone(),
+                            store.clone(),
+                            plan.sha256.clone(),
+                            layout,
+                            next,
+                            queue.clone(),
+                            progress.clone(),
+                            cfg.stall,
+                        ));
+                    }
                 }
+                Err(_) => {}
             }
         }
         let complete = progress
@@ -441,10 +459,10 @@ async fn worker(
     queue: Arc<Mutex<VecDeque<u64>>>,
     progress: Arc<Mutex<super::artifact::Progress>>,
     stall: Duration,
-) -> Result<(), (NodeId, String)> {
+) -> Result<NodeId, (NodeId, String)> {
     loop {
         let Some(index) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-            return Ok(());
+            return Ok(source);
         };
         let give_back = |why: String| {
             if let Ok(mut q) = queue.lock() {

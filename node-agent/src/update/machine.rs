@@ -240,8 +240,8 @@ pub fn on_start(mut journal: Journal) -> Journal {
             a.starts = a.starts.saturating_add(1);
             if a.starts > MAX_STARTS {
                 let to = if a.state == UpdateState::Applying {
-                    if let Some(s) = a.staged_sha256.clone() {
-                        a.denylist.push(s);
+                    if !a.denylist.contains(&a.intent.sha256) {
+                        a.denylist.push(a.intent.sha256.clone());
                     }
                     UpdateState::RolledBack
                 } else {
@@ -340,7 +340,14 @@ pub fn decide(journal: &Journal, seen: &Observed) -> Decision {
         }
     }
     let staged = seen.artifact == ArtifactView::Staged;
-    a.staged_sha256 = staged.then(|| a.intent.sha256.clone());
+    // From `applying` on, the host agent owns the artifact (it may move it):
+    // what was staged stays recorded.
+    if !matches!(
+        to,
+        UpdateState::Applying | UpdateState::Healthy | UpdateState::RolledBack
+    ) {
+        a.staged_sha256 = staged.then(|| a.intent.sha256.clone());
+    }
     set(a, to, lease_id, reason);
     match to {
         UpdateState::Blocked | UpdateState::Leased if !staged => commands.push(Command::Fetch {

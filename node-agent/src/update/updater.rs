@@ -69,6 +69,10 @@ pub struct UpdaterConfig {
     /// Watch the trigger and result files with notify (off: poll only, and
     /// the heartbeat says `supports_hint_wake: false`).
     pub file_wake: bool,
+    /// Count this start against an unfinished attempt (the crash-loop
+    /// bound): true for the process's first start, false when the
+    /// supervisor restarts the task.
+    pub count_start: bool,
 }
 
 impl UpdaterConfig {
@@ -82,6 +86,7 @@ impl UpdaterConfig {
             fetch: FetchConfig::default(),
             max_fetch_attempts: 6,
             file_wake: true,
+            count_start: true,
         }
     }
 
@@ -232,9 +237,14 @@ fn now_ms() -> u64 {
 #[derive(Debug, Default)]
 struct FetchSlot {
     running: Option<(String, tokio::task::JoinHandle<()>)>,
-    sha256: Option<String>,
+    /// The attempt the counts are for: intent, generation, digest.
+    attempt: Option<(String, u64, String)>,
     failures: u32,
     last_error: Option<String>,
+}
+
+fn attempt_key(i: &machine::IntentRef) -> (String, u64, String) {
+    (i.name.clone(), i.generation, i.sha256.clone())
 }
 
 /// Why a pass failed.
@@ -265,6 +275,9 @@ struct Shared {
     liveness: Arc<Liveness>,
     running_sha256: Option<String>,
     queue: Mutex<Option<QueueHandle<()>>>,
+    /// Set when this updater was killed or stopped: a pass still running
+    /// must not save over the journal of the updater that replaced it.
+    killed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -296,7 +309,7 @@ impl Shared {
             Ok(s) => s,
             Err(_) => return ArtifactView::Missing,
         };
-        if slot.sha256.as_deref() == Some(intent.sha256.as_str())
+        if slot.attempt.as_ref() == Some(&attempt_key(intent))
             && slot.failures >= self.cfg.max_fetch_attempts
         {
             return ArtifactView::Failed {
@@ -314,8 +327,9 @@ impl Shared {
             return;
         };
         let sha = held.intent.sha256.clone();
-        if slot.sha256.as_deref() != Some(sha.as_str()) {
-            slot.sha256 = Some(sha.clone());
+        let key = attempt_key(&held.intent);
+        if slot.attempt.as_ref() != Some(&key) {
+            slot.attempt = Some(key);
             slot.failures = 0;
             slot.last_error = None;
         }
@@ -439,6 +453,9 @@ impl Shared {
         };
         let decision = machine::decide(&journal, &seen);
         let changed = decision.journal != journal;
+        if self.killed.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
         if changed {
             // Persist first, act second.
             self.journal_file.save(&decision.journal)?;
@@ -551,7 +568,9 @@ impl UpdaterView {
 
     /// How long without a pass before the updater counts as dead.
     pub fn stale_after(&self) -> Duration {
-        self.poll.mul_f64(3.0).max(Duration::from_secs(5))
+        // Passes come at least every 1.5 polls, or after a failure's backoff
+        // (at most 30 s): beyond both, the task is wedged.
+        self.poll.mul_f64(3.0) + Duration::from_secs(30)
     }
 }
 
@@ -573,8 +592,13 @@ impl Updater {
             }
             l => l.journal(),
         };
-        let journal = machine::on_start(journal);
-        journal_file.save(&journal)?;
+        let journal = if cfg.count_start {
+            let counted = machine::on_start(journal);
+            journal_file.save(&counted)?;
+            counted
+        } else {
+            journal
+        };
         if let Some(a) = &journal.attempt {
             tracing::info!(node = %cfg.name, intent = %a.intent.name, generation = a.intent.generation, state = a.state.as_str(), starts = a.starts, "update journal read");
         }
@@ -592,6 +616,7 @@ impl Updater {
             liveness,
             running_sha256,
             queue: Mutex::new(None),
+            killed: std::sync::atomic::AtomicBool::new(false),
             transport,
             cfg,
         });
@@ -665,13 +690,21 @@ impl Updater {
         self.task.is_finished()
     }
 
-    /// Kills the task at once, as a crash would (the supervisor and tests).
+    /// Kills the task at once, as a crash would (the supervisor and tests),
+    /// with the fetch it runs.
     pub fn abort(&self) {
+        self.shared.killed.store(true, Ordering::SeqCst);
         self.task.abort();
+        if let Ok(mut slot) = self.shared.fetch.lock() {
+            if let Some((_, h)) = slot.running.take() {
+                h.abort();
+            }
+        }
     }
 
     /// Stops the updater and waits for it.
     pub async fn stop(self) {
+        self.shared.killed.store(true, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
         if let Ok(mut slot) = self.shared.fetch.lock() {
             if let Some((_, h)) = slot.running.take() {
