@@ -41,6 +41,9 @@ enum Command {
     /// Control a rollout: pause, resume, abort, status.
     #[command(subcommand)]
     Rollout(cmd::rollout::Command),
+    /// Put builds into an update store; print the sha256, size and piece root an intent names.
+    #[command(subcommand)]
+    Artifact(cmd::artifact::Command),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Get(a) => cmd::get::run(a),
         Command::Audit(a) => cmd::audit::run(a),
         Command::Rollout(c) => cmd::rollout::run(c),
+        Command::Artifact(c) => cmd::artifact::run(c),
     };
     match result {
         Ok(code) => code,

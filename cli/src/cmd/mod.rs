@@ -1,4 +1,5 @@
 pub mod apply;
+pub mod artifact;
 pub mod audit;
 pub mod crds;
 pub mod get;
