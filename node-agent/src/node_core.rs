@@ -589,17 +589,19 @@ impl NodeCore {
         use crate::update::intents::{artifact_sources, intents_for, UpdateInputs};
         let (intents, refused) = match self.dir.nodes.get(&self.cfg.name) {
             Some(me) if me.node_id == self.cfg.node_id => {
-                intents_for(&self.cfg.name, &me.spec, envelopes, now)
+                intents_for(&self.cfg.name, &me.spec, envelopes, Some(&self.dir), now)
             }
             // Without its own record the node cannot tell what targets it.
             _ => Default::default(),
         };
         let neighbours: BTreeSet<NodeId> = self.planned.union(&self.partners).copied().collect();
+        let (sources, fallback) = artifact_sources(self.cfg.node_id, &neighbours, &self.dir);
         let inputs = UpdateInputs {
             intents,
             refused,
             leases: self.leases.clone(),
-            sources: artifact_sources(self.cfg.node_id, &neighbours, &self.dir),
+            sources,
+            fallback,
         };
         if inputs != self.update_inputs {
             self.update_inputs = inputs.clone();

@@ -189,9 +189,12 @@ pub struct FetchPlan {
     pub size: u64,
     /// Its pinned pieces, if the intent pins them.
     pub pieces: Option<PieceSpec>,
-    /// Sources in order of preference (neighbours, then `update-cache`,
-    /// then `update-store`).
+    /// Peers in order of preference (the area's earlier nodes, then the
+    /// neighbours).
     pub sources: Vec<NodeId>,
+    /// The origin tier (`update-cache`, then `update-store` providers): asked
+    /// only when no peer holds the artifact or every peer dropped out.
+    pub fallback: Vec<NodeId>,
 }
 
 /// Limits of one fetch.
@@ -309,45 +312,31 @@ pub async fn fetch(
         .map_or(DEFAULT_PIECE_SIZE, |p| p.piece_size);
     let layout = Layout::new(plan.size, piece_size);
     let mut tried: Vec<(NodeId, String)> = Vec::new();
-    // Who has it, and (when pinned) the digests that match the signed root.
-    let mut holders = Vec::new();
     let mut digests: Option<Vec<[u8; 32]>> = None;
-    for &source in &plan.sources {
-        let req = Request::Pieces {
-            sha256: plan.sha256.clone(),
-            piece_size,
-        };
-        match ask(transport, source, &req, cfg.stall).await {
-            Ok((r, _)) if r.ok && r.size == Some(plan.size) => {
-                if let (Some(pin), None) = (&plan.pieces, &digests) {
-                    let d: Option<Vec<[u8; 32]>> = r
-                        .digests
-                        .iter()
-                        .map(|h| hex::decode(h).ok().and_then(|b| b.try_into().ok()))
-                        .collect();
-                    match d {
-                        Some(d)
-                            if d.len() as u64 == layout.count()
-                                && hex::encode(piece_root(&d)) == pin.root =>
-                        {
-                            digests = Some(d);
-                        }
-                        // A holder without whole digests may still serve pieces.
-                        _ if r.digests.is_empty() => {}
-                        _ => {
-                            tried.push((source, "bad_piece_list".into()));
-                            continue;
-                        }
-                    }
-                }
-                holders.push(source);
-            }
-            Ok((r, _)) if r.ok => {
-                tried.push((source, format!("size_mismatch: holds {:?} bytes", r.size)))
-            }
-            Ok((r, _)) => tried.push((source, r.error.unwrap_or_else(|| "refused".into()))),
-            Err(e) => tried.push((source, e)),
-        }
+    // Peers first; the origin tier only when no peer holds it.
+    let mut holders = discover(
+        transport,
+        &plan.sources,
+        plan,
+        layout,
+        cfg,
+        &mut digests,
+        &mut tried,
+    )
+    .await;
+    let mut origin_asked = false;
+    if holders.is_empty() {
+        origin_asked = true;
+        holders = discover(
+            transport,
+            &plan.fallback,
+            plan,
+            layout,
+            cfg,
+            &mut digests,
+            &mut tried,
+        )
+        .await;
     }
     if plan.pieces.is_some() && digests.is_none() && !holders.is_empty() {
         return Err(FetchError::NoPieceList {
@@ -403,6 +392,21 @@ pub async fn fetch(
                 Ok(Ok(source)) => idle.push(source),
                 Ok(Err((source, why))) => {
                     tried.push((source, why));
+                    if remaining.is_empty() && idle.is_empty() && !origin_asked {
+                        // Every peer dropped out: the origin tier takes over.
+                        origin_asked = true;
+                        let more = discover(
+                            transport,
+                            &plan.fallback,
+                            plan,
+                            layout,
+                            cfg,
+                            &mut digests,
+                            &mut tried,
+                        )
+                        .await;
+                        remaining.extend(more);
+                    }
                     if let Some(next) = remaining.pop_front().or_else(|| idle.pop()) {
                         workers.spawn(worker(
                             transport.clone(),
@@ -449,6 +453,67 @@ pub async fn fetch(
     }
 }
 
+/// Asks each of `sources` whether it holds the artifact; returns those
+/// that do. The first piece list matching the signed root is kept in
+/// `digests`; a source offering another is dropped.
+async fn discover(
+    transport: &Transport,
+    sources: &[NodeId],
+    plan: &FetchPlan,
+    layout: Layout,
+    cfg: &FetchConfig,
+    digests: &mut Option<Vec<[u8; 32]>>,
+    tried: &mut Vec<(NodeId, String)>,
+) -> Vec<NodeId> {
+    let mut holders = Vec::new();
+    for &source in sources {
+        let req = Request::Pieces {
+            sha256: plan.sha256.clone(),
+            piece_size: layout.piece_size,
+        };
+        match ask(transport, source, &req, cfg.stall).await {
+            Ok((r, _)) if r.ok && r.size == Some(plan.size) => {
+                if let Some(pin) = &plan.pieces {
+                    let d: Option<Vec<[u8; 32]>> = r
+                        .digests
+                        .iter()
+                        .map(|h| hex::decode(h).ok().and_then(|b| b.try_into().ok()))
+                        .collect();
+                    match d {
+                        Some(d)
+                            if d.len() as u64 == layout.count()
+                                && hex::encode(piece_root(&d)) == pin.root =>
+                        {
+                            if digests.is_none() {
+                                *digests = Some(d);
+                            }
+                        }
+                        // A holder without whole digests may still serve pieces.
+                        _ if r.digests.is_empty() => {}
+                        _ => {
+                            tried.push((source, "bad_piece_list".into()));
+                            continue;
+                        }
+                    }
+                }
+                holders.push(source);
+            }
+            Ok((r, _)) if r.ok => {
+                tried.push((source, format!("size_mismatch: holds {:?} bytes", r.size)))
+            }
+            Ok((r, _)) => tried.push((source, r.error.unwrap_or_else(|| "refused".into()))),
+            Err(e) => tried.push((source, e)),
+        }
+    }
+    holders
+}
+
+/// Ranges a source may answer `not_here` in a row before it is dropped:
+/// a peer still fetching serves its pieces as they arrive, so a miss is
+/// first a "not yet".
+const MAX_MISSES: u32 = 200;
+const MISS_PAUSE: Duration = Duration::from_millis(25);
+
 #[allow(clippy::too_many_arguments)]
 async fn worker(
     transport: Transport,
@@ -460,6 +525,7 @@ async fn worker(
     progress: Arc<Mutex<super::artifact::Progress>>,
     stall: Duration,
 ) -> Result<NodeId, (NodeId, String)> {
+    let mut misses = 0u32;
     loop {
         let Some(index) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
             return Ok(source);
@@ -478,9 +544,25 @@ async fn worker(
         };
         let bytes = match ask(&transport, source, &req, stall).await {
             Ok((_, Some(b))) => b,
-            Ok((r, None)) => return give_back(r.error.unwrap_or_else(|| "refused".into())),
+            Ok((r, None)) if r.error.as_deref() == Some("not_here") && misses < MAX_MISSES => {
+                misses += 1;
+                if let Ok(mut q) = queue.lock() {
+                    q.push_back(index);
+                }
+                tokio::time::sleep(MISS_PAUSE).await;
+                continue;
+            }
+            Ok((r, None)) => {
+                let why = match r.error {
+                    Some(e) if e == "not_here" => "stalled: served no piece for a while".to_owned(),
+                    Some(e) => e,
+                    None => "refused".into(),
+                };
+                return give_back(why);
+            }
             Err(e) => return give_back(e),
         };
+        misses = 0;
         let (s, sha2, p) = (store.clone(), sha.clone(), progress.clone());
         let kept = tokio::task::spawn_blocking(move || {
             let mut p = p.lock().map_err(|_| "progress lock poisoned".to_owned())?;

@@ -31,7 +31,17 @@ pub struct HeldIntent {
     pub pieces: Option<PieceSpec>,
     /// The artifact's mirrors (the last fallback).
     pub mirrors: Vec<String>,
+    /// This node's place among the intent's targets in its area, in an order
+    /// every node computes alike (by sha256 of the artifact digest and the
+    /// node name): 0 is the area's seed, which fetches first.
+    pub area_rank: usize,
+    /// The nodes ranked before this one in its area (at most
+    /// [`AREA_SOURCES`]), best first: where its artifact will come from.
+    pub area_sources: Vec<NodeId>,
 }
+
+/// Area peers asked for an artifact before the general sources.
+pub const AREA_SOURCES: usize = 8;
 
 /// What the updater reads from the node core: intents, lease checks and
 /// where artifacts may come from. Published when any of it changes.
@@ -44,8 +54,11 @@ pub struct UpdateInputs {
     pub refused: BTreeMap<String, String>,
     /// The node's lease checks.
     pub leases: Vec<LeaseCheck>,
-    /// Artifact sources, in order: neighbours, `update-cache`, `update-store`.
+    /// Artifact sources besides the area: the neighbours.
     pub sources: Vec<NodeId>,
+    /// The origin tier, asked only when no peer holds the artifact:
+    /// `update-cache` providers, then `update-store` providers.
+    pub fallback: Vec<NodeId>,
 }
 
 impl UpdateInputs {
@@ -90,6 +103,7 @@ pub fn intents_for(
     name: &str,
     spec: &FabricNodeSpec,
     envelopes: &[Envelope],
+    dir: Option<&Directory>,
     now: i64,
 ) -> (BTreeMap<Component, HeldIntent>, BTreeMap<String, String>) {
     let mut held: BTreeMap<Component, HeldIntent> = BTreeMap::new();
@@ -113,6 +127,9 @@ pub fn intents_for(
             refused.insert(r.name.clone(), "not_in_target".to_owned());
             continue;
         }
+        let (area_rank, area_sources) = dir.map_or((0, Vec::new()), |d| {
+            area_plan(name, spec, &i.artifact.sha256, &i.target, d)
+        });
         let candidate = HeldIntent {
             intent: IntentRef {
                 name: r.name.clone(),
@@ -124,6 +141,8 @@ pub fn intents_for(
             },
             pieces: i.artifact.pieces.clone(),
             mirrors: i.artifact.mirrors.clone(),
+            area_rank,
+            area_sources,
         };
         // Two intents for one component: the newer generation, then the name,
         // so every node picks the same one.
@@ -138,33 +157,67 @@ pub fn intents_for(
     (held, refused)
 }
 
-/// Where this node may fetch artifacts: its neighbours first (they are
-/// close, and every node serves what it staged), then the providers of
-/// `update-cache`, then `update-store`. Never itself, never twice.
+/// This node's rank among the targets of an intent in its own area, and the
+/// nodes ranked before it. One copy per area comes from the store (the
+/// seed's); the others take it from the seed and from each other.
+pub fn area_plan(
+    name: &str,
+    spec: &FabricNodeSpec,
+    artifact: &str,
+    target: &fabric_schemas::kinds::TargetSelector,
+    dir: &Directory,
+) -> (usize, Vec<NodeId>) {
+    use sha2::{Digest, Sha256};
+    let key = |n: &str| -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(artifact.as_bytes());
+        h.update([0]);
+        h.update(n.as_bytes());
+        h.finalize().into()
+    };
+    let mut area: Vec<([u8; 32], &str, NodeId)> = dir
+        .nodes
+        .values()
+        .filter(|n| n.spec.area == spec.area && target.matches(&n.name, &n.spec))
+        .map(|n| (key(&n.name), n.name.as_str(), n.node_id))
+        .collect();
+    area.sort();
+    let rank = area.iter().position(|(_, n, _)| *n == name).unwrap_or(0);
+    let before = area[..rank.min(area.len())]
+        .iter()
+        .take(AREA_SOURCES)
+        .map(|(_, _, id)| *id)
+        .collect();
+    (rank, before)
+}
+
+/// Where this node may fetch artifacts: its neighbours (close, and every
+/// node serves what it staged), and apart from them the origin tier, the
+/// providers of `update-cache` then `update-store`. Never itself, never
+/// twice.
 pub fn artifact_sources(
     own: NodeId,
     neighbours: &BTreeSet<NodeId>,
     dir: &Directory,
-) -> Vec<NodeId> {
-    let mut out: Vec<NodeId> = Vec::new();
-    let mut push = |id: NodeId| {
-        if id != own && !out.contains(&id) {
-            out.push(id);
-        }
-    };
-    for id in neighbours {
-        push(*id);
-    }
+) -> (Vec<NodeId>, Vec<NodeId>) {
+    let mut origin: Vec<NodeId> = Vec::new();
     for service in ["update-cache", "update-store"] {
         if let Some(s) = dir.services.get(service) {
             for p in &s.spec.providers {
                 if let Some(n) = dir.nodes.get(p) {
-                    push(n.node_id);
+                    if n.node_id != own && !origin.contains(&n.node_id) {
+                        origin.push(n.node_id);
+                    }
                 }
             }
         }
     }
-    out
+    let peers = neighbours
+        .iter()
+        .copied()
+        .filter(|id| *id != own && !origin.contains(id))
+        .collect();
+    (peers, origin)
 }
 
 #[cfg(test)]
@@ -229,7 +282,7 @@ mod tests {
                 Scope::new(vec![ScopeTerm::Area("beta".into())]).expect("scope"),
             ),
         ];
-        let (held, refused) = intents_for("a1", &node("alpha"), &env, 10);
+        let (held, refused) = intents_for("a1", &node("alpha"), &env, None, 10);
         let got = held.get(&Component::NodeAgent).expect("held");
         assert_eq!(got.intent.name, "for-alpha");
         assert_eq!(got.intent.generation, 3);
@@ -242,7 +295,7 @@ mod tests {
             Some("out_of_scope")
         );
         // Expired intents are gone.
-        let (held, _) = intents_for("a1", &node("alpha"), &env, 100);
+        let (held, _) = intents_for("a1", &node("alpha"), &env, None, 100);
         assert!(held.is_empty());
     }
 
@@ -256,7 +309,7 @@ mod tests {
             intent("b", 2, all.clone(), Scope::any()),
             intent("a", 7, all, Scope::any()),
         ];
-        let (held, _) = intents_for("n", &node("x"), &env, 10);
+        let (held, _) = intents_for("n", &node("x"), &env, None, 10);
         assert_eq!(held[&Component::NodeAgent].intent.name, "a");
     }
 

@@ -46,6 +46,9 @@ pub const APPLY_REQUEST_FILE: &str = "apply-request.json";
 /// The host agent's answer.
 pub const APPLY_RESULT_FILE: &str = "apply-result.json";
 
+/// How long a node that is not its area's seed waits before fetching.
+pub const SEED_HEAD_START: Duration = Duration::from_secs(1);
+
 /// Whether this build wakes its updater on hints and file touches (the
 /// notify watcher and the direct hint path are compiled in). Reported as
 /// `supports_hint_wake`.
@@ -340,14 +343,34 @@ impl Shared {
         {
             return;
         }
+        let (sources, fallback) = {
+            let inputs = self.inputs.borrow();
+            let mut sources: Vec<_> = Vec::new();
+            for s in held.area_sources.iter().chain(&inputs.sources) {
+                // The origin tier is asked last, whatever else it is.
+                if !sources.contains(s) && !inputs.fallback.contains(s) {
+                    sources.push(*s);
+                }
+            }
+            (sources, inputs.fallback.clone())
+        };
         let plan = FetchPlan {
             sha256: sha.clone(),
             size: held.intent.size,
             pieces: held.pieces.clone(),
-            sources: self.inputs.borrow().sources.clone(),
+            sources,
+            fallback,
+        };
+        // The area's seed fetches at once; the others give it a head start,
+        // so they find its pieces instead of all going to the store.
+        let head_start = if held.area_rank > 0 && slot.failures == 0 {
+            SEED_HEAD_START
+        } else {
+            Duration::ZERO
         };
         let me = self.clone();
         let handle = tokio::spawn(async move {
+            tokio::time::sleep(head_start).await;
             let started = std::time::Instant::now();
             let result = fetch(&me.transport, &me.store, &plan, &me.cfg.fetch).await;
             if let Ok(mut slot) = me.fetch.lock() {
