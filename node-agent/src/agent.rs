@@ -414,6 +414,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
             driver.status.subscribe(),
             driver.canonical.subscribe(),
             updater_ctl.clone(),
+            events_tx.clone(),
             shutdown_rx.clone(),
         ));
     }
@@ -441,6 +442,7 @@ fn spawn_control_session(
     status: watch::Receiver<NodeStatus>,
     canonical: watch::Receiver<Vec<fabric_proto::endpoint::ControlEndpoint>>,
     updater: Option<mpsc::UnboundedSender<SupervisorMsg>>,
+    events: mpsc::Sender<Event>,
     shutdown: watch::Receiver<bool>,
 ) -> [tokio::task::JoinHandle<()>; 2] {
     use crate::control::{ControlDriver, HeartbeatExtras, StatusHeartbeat};
@@ -476,10 +478,33 @@ fn spawn_control_session(
     let mut stop = shutdown.clone();
     let trigger_writer = tokio::spawn(async move {
         let mut seen = BTreeMap::new();
+        let mut admitted_records: Vec<Vec<u8>> = Vec::new();
         loop {
             tokio::select! {
                 r = state.changed() => if r.is_err() { return },
                 _ = stop.changed() => return,
+            }
+            // The Control API as an intent source: the records of a reply go
+            // through `accept` in the core, as gossip's do.
+            let records = state.borrow().records.clone();
+            if !records.is_empty() && records != admitted_records {
+                for r in &records {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    if events.send(Event::Inject(r.clone(), tx)).await.is_err() {
+                        return;
+                    }
+                    match rx.await {
+                        Ok(Ok(true)) => {
+                            tracing::info!(node = %name, "record from the control session admitted")
+                        }
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(node = %name, error = %e, "record from the control session refused")
+                        }
+                        Err(_) => return,
+                    }
+                }
+                admitted_records = records;
             }
             let hints = state.borrow().update_hints.clone();
             if hints.is_empty() || hints == seen {

@@ -411,6 +411,13 @@ pub struct HeartbeatReply {
     /// read it as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<BridgeCommand>,
+    /// Signed envelopes (hex) for the node: the `UpdateIntent` records its
+    /// hints name when its updater has not reported them yet, and its
+    /// `RolloutLease` records. The node admits them through `accept` like
+    /// any other record (the Control API is one intent source of several);
+    /// omitted when empty, so other replies are unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<String>,
 }
 
 impl Default for HeartbeatReply {
@@ -422,6 +429,7 @@ impl Default for HeartbeatReply {
             control_endpoints: Vec::new(),
             error: None,
             bridge: None,
+            records: Vec::new(),
         }
     }
 }

@@ -458,3 +458,85 @@ async fn reply_snapshot_keeps_the_node_identity_check_and_bounds_hint_staleness(
     assert_eq!(reply.update_hints.get("host-agent"), Some(&1));
     intake.shutdown().await;
 }
+
+/// The Control API is an intent source: a node whose updater has not
+/// reported the hinted generation gets the signed intent record in the
+/// reply, and its lease records always; a node that reports it gets no
+/// intent records.
+#[tokio::test]
+async fn replies_carry_the_hinted_intent_record_until_the_node_reports_it_and_its_leases() {
+    use fabric_proto::heartbeat::HeartbeatUpdate;
+    use fabric_schemas::kinds::{Kind, Spec};
+    use fabric_schemas::{Envelope, Record, Scope};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(&dir).await;
+    let id1 = beat(1, 0).node_id;
+    put(
+        store.as_ref(),
+        Kind::FabricNode,
+        "node-0001",
+        node_spec(&id1),
+    )
+    .await;
+    let intent = serde_json::json!({"component": "node-agent", "version": "0.3.1",
+        "artifact": {"sha256": "ab".repeat(32), "size": 4096,
+                     "mirrors": ["fabric://update-cache/node-agent-0.3.1"]},
+        "target": {"all": true}, "policy": "careful"});
+    put(
+        store.as_ref(),
+        Kind::UpdateIntent,
+        "agent-next",
+        intent.clone(),
+    )
+    .await;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let spec = Spec::from_json(Kind::UpdateIntent, intent).expect("spec");
+    let rec =
+        Record::new(&spec, "agent-next", 1 << 20, 0, i64::MAX / 2, Scope::any()).expect("record");
+    let intent_env = Envelope::sign(rec, &[&key]).encode();
+    store
+        .put_record(
+            Kind::UpdateIntent,
+            "agent-next",
+            1 << 20,
+            intent_env.clone(),
+        )
+        .await
+        .expect("intent record");
+    let lease_env = b"lease envelope bytes".to_vec();
+    store
+        .put_record(
+            Kind::RolloutLease,
+            "node-0001.node-agent",
+            7,
+            lease_env.clone(),
+        )
+        .await
+        .expect("lease record");
+
+    let intake = HeartbeatIntake::start(store.clone(), IntakeConfig::default());
+    let reply = intake
+        .heartbeat(beat(1, 1), IntakePath::ControlApi)
+        .await
+        .expect("hb");
+    assert_eq!(reply.update_hints.get("node-agent"), Some(&1));
+    assert_eq!(
+        reply.records,
+        vec![hex::encode(&intent_env), hex::encode(&lease_env)]
+    );
+    // Once the updater reports the generation, only the leases come back.
+    let mut hb = beat(1, 2);
+    hb.updater.update = Some(HeartbeatUpdate {
+        intent: "agent-next".into(),
+        generation: 1,
+        phase: "node-agent".into(),
+        lease_id: None,
+        state: "staged".into(),
+    });
+    let reply = intake
+        .heartbeat(hb, IntakePath::ControlApi)
+        .await
+        .expect("hb");
+    assert_eq!(reply.records, vec![hex::encode(&lease_env)]);
+    intake.shutdown().await;
+}

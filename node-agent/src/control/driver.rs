@@ -62,6 +62,9 @@ pub struct ControlState {
     pub update_hints: BTreeMap<String, i64>,
     /// The canonical endpoints the last authenticated reply advertised.
     pub advertised_endpoints: Vec<ControlEndpoint>,
+    /// Signed records (intents, leases) the last reply carried, decoded from
+    /// hex; the agent admits them through `accept` like any other record.
+    pub records: Vec<Vec<u8>>,
 }
 
 struct Session {
@@ -216,6 +219,11 @@ impl ControlDriver {
                     self.failures = 0;
                     st.heartbeats_ok += 1;
                     st.update_hints = reply.update_hints;
+                    st.records = reply
+                        .records
+                        .iter()
+                        .filter_map(|h| hex::decode(h).ok())
+                        .collect();
                     // Only an authenticated reply may steer where the session
                     // goes next; a compat (plain HTTP) reply could be forged
                     // by anyone on the path.

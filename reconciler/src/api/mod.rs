@@ -789,14 +789,61 @@ async fn intake(
                 .collect(),
         ),
     };
+    let records = records_for(store.as_ref(), &node, &hb, &update_hints).await?;
     Ok(HeartbeatReply {
         accepted: true,
         update_hints,
         control_endpoints,
         error: None,
         bridge,
+        records,
         ..HeartbeatReply::default()
     })
+}
+
+/// The signed records a node gets in its heartbeat reply: its leases, and
+/// the intents its hints name while its updater reports an older generation
+/// (or none). A node that is up to date costs the intake nothing but the
+/// check, so steady-state replies stay small.
+async fn records_for(
+    store: &dyn Store,
+    node: &str,
+    hb: &HeartbeatBody,
+    hints: &BTreeMap<String, i64>,
+) -> Result<Vec<String>, StoreError> {
+    if hints.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reported = hb.updater.update.as_ref();
+    let behind = hints.iter().any(|(component, generation)| {
+        reported.is_none_or(|u| u.phase != *component || (u.generation as i64) < *generation)
+    });
+    let mut out = Vec::new();
+    if behind {
+        for r in store.list_records(Some(Kind::UpdateIntent)).await? {
+            let Ok(env) = fabric_schemas::Envelope::decode(&r.envelope) else {
+                continue;
+            };
+            let Ok(fabric_schemas::Spec::UpdateIntent(i)) = env.record.spec() else {
+                continue;
+            };
+            let named = hints.get(i.component.as_str()).is_some_and(|g| {
+                (env.record.generation >> crate::publish::RESIGN_BITS) as i64 == *g
+            });
+            if named {
+                out.push(hex::encode(&r.envelope));
+            }
+        }
+    }
+    for phase in ["node-agent", "host-agent"] {
+        if let Some(r) = store
+            .get_record(Kind::RolloutLease, &format!("{node}.{phase}"))
+            .await?
+        {
+            out.push(hex::encode(&r.envelope));
+        }
+    }
+    Ok(out)
 }
 
 /// The newest `UpdateIntent` generation per component that targets `node`
