@@ -33,7 +33,10 @@ pub(crate) const RESERVED_PREFIX: &str = "fabric.";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid service name {name:?}: {reason}")]
 pub struct ServiceNameError {
+    /// The rejected name, cut to a little over [`MAX_SERVICE_NAME`] characters so
+    /// a hostile name cannot bloat logs; empty if the bytes were not UTF-8.
     pub name: String,
+    /// Which rule the name breaks.
     pub reason: &'static str,
 }
 
@@ -73,14 +76,19 @@ pub(crate) fn encode_header(service: &str) -> Vec<u8> {
 /// Why an incoming stream header was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderError {
+    /// The header's version byte is not the one this build speaks.
     #[error("unsupported stream header version {0}")]
     Version(u8),
+    /// The name length byte is 0 or longer than [`MAX_SERVICE_NAME`].
     #[error("service name length {0} outside 1..=64")]
     Length(u8),
+    /// The name bytes are not a valid service name.
     #[error(transparent)]
     Name(#[from] ServiceNameError),
+    /// The stream ended before the whole header arrived.
     #[error("stream ended inside the header")]
     Truncated,
+    /// The opener did not send the whole header in time.
     #[error("header not received in time")]
     Timeout,
 }
@@ -193,6 +201,7 @@ impl Channel {
         self.peer
     }
 
+    /// The service this channel was opened to.
     pub fn service(&self) -> &str {
         &self.service
     }
@@ -248,6 +257,7 @@ impl ChannelListener {
         }
     }
 
+    /// The service whose channels this listener receives.
     pub fn service(&self) -> &str {
         &self.service
     }

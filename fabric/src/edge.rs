@@ -56,12 +56,17 @@ impl From<EdgeRole> for ReportedRole {
 /// Why an edge listener could not be opened or audited.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
+    /// Binding the listener, or reading back its bound address, failed.
     #[error("opening {role:?} edge listener on {addr}: {source}")]
     Bind {
+        /// The role the listener was requested for.
         role: EdgeRole,
+        /// The address it was asked to bind.
         addr: SocketAddr,
+        /// The underlying socket error.
         source: std::io::Error,
     },
+    /// Listing this process's listening sockets (from `/proc`) failed.
     #[error("auditing listening sockets: {0}")]
     Audit(std::io::Error),
 }
@@ -87,14 +92,17 @@ pub struct EdgeListener {
 }
 
 impl EdgeListener {
+    /// The address the listener is bound to (the real port when bound to port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
+    /// Waits for the next TCP connection and its peer address.
     pub async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
         self.listener.accept().await
     }
 
+    /// This listener's entry id in the inventory (matches [`EdgeEntry::id`]).
     pub fn entry_id(&self) -> u64 {
         self.id
     }
@@ -113,6 +121,7 @@ fn now_rfc3339() -> String {
 }
 
 impl EdgeInventory {
+    /// An empty inventory; equivalent to `default()`.
     pub fn new() -> Self {
         Self::default()
     }
@@ -267,6 +276,7 @@ pub struct IngressHandle {
 }
 
 impl IngressHandle {
+    /// The address the ingress listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

@@ -15,16 +15,32 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// A frame (announced by the peer, or about to be sent) is larger than the limit.
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
-    Oversize { len: u64, max: usize },
+    Oversize {
+        /// The frame's payload length in bytes.
+        len: u64,
+        /// The limit in force (`max_frame`).
+        max: usize,
+    },
+    /// The stream ended partway through a length prefix or a payload.
     #[error("stream ended inside a frame: expected {expected} bytes, got {received}")]
-    Truncated { expected: usize, received: usize },
+    Truncated {
+        /// Bytes the prefix or payload needed.
+        expected: usize,
+        /// Bytes that arrived before the end of stream.
+        received: usize,
+    },
+    /// The payload is not JSON of the expected message type.
     #[error("frame payload is not a valid message: {0}")]
     Garbage(#[source] serde_json::Error),
+    /// The message to send could not be serialised to JSON.
     #[error("encoding message: {0}")]
     Encode(#[source] serde_json::Error),
+    /// The peer finished its side at a frame boundary: the normal end of a conversation.
     #[error("stream closed cleanly before a new frame")]
     Closed,
+    /// The underlying stream failed.
     #[error("channel I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -37,22 +53,27 @@ pub struct Framed<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
+    /// Frames `io` with the default limit, [`DEFAULT_MAX_FRAME`].
     pub fn new(io: S) -> Self {
         Self::with_max_frame(io, DEFAULT_MAX_FRAME)
     }
 
+    /// Frames `io`, refusing frames over `max_frame` bytes in both directions.
     pub fn with_max_frame(io: S, max_frame: usize) -> Self {
         Self { io, max_frame }
     }
 
+    /// The underlying stream.
     pub fn get_ref(&self) -> &S {
         &self.io
     }
 
+    /// The underlying stream, mutably; writing to it directly puts the framing out of step.
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.io
     }
 
+    /// Gives back the underlying stream.
     pub fn into_inner(self) -> S {
         self.io
     }

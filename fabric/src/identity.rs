@@ -19,23 +19,42 @@ use crate::topology::NodeId;
 /// Why a node identity could not be loaded or stored.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// The key file could not be read (`NotFound` on first start).
     #[error("reading node key {path}: {source}")]
     Read {
+        /// The key file.
         path: PathBuf,
+        /// The I/O error; its kind tells a missing file from other failures.
         source: std::io::Error,
     },
+    /// Writing the key file (or its temp file or directory) failed.
     #[error("writing node key {path}: {source}")]
     Write {
+        /// The key file being written.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The file's content is not an ed25519 key in PKCS#8 PEM.
     #[error("node key {path} is not an ed25519 PKCS#8 PEM key: {reason}")]
-    Malformed { path: PathBuf, reason: String },
+    Malformed {
+        /// The key file.
+        path: PathBuf,
+        /// What the PKCS#8 decoder objected to.
+        reason: String,
+    },
+    /// The key file is readable by group or others, so it is refused (Unix only).
     #[error(
         "node key {path} has mode {mode:o}; it must not be readable by group or others \
          (run `chmod 600 {path}`)"
     )]
-    InsecurePermissions { path: PathBuf, mode: u32 },
+    InsecurePermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits (`mode & 0o777`).
+        mode: u32,
+    },
+    /// The key could not be encoded as PKCS#8 (DER or PEM).
     #[error("encoding node key: {0}")]
     Encode(String),
 }
@@ -63,6 +82,7 @@ impl NodeIdentity {
         }
     }
 
+    /// Wraps an existing ed25519 key (not persisted).
     pub fn from_signing_key(key: SigningKey) -> Self {
         Self { key }
     }
@@ -72,6 +92,7 @@ impl NodeIdentity {
         NodeId(self.key.verifying_key().to_bytes())
     }
 
+    /// The secret key, for signing records as this node.
     pub fn signing_key(&self) -> &SigningKey {
         &self.key
     }

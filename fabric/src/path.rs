@@ -17,9 +17,15 @@ use crate::topology::{EndpointCandidate, EndpointScope, NodeId, TopologyLabels};
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum PathKind {
     /// QUIC straight to one of the peer's endpoint candidates.
-    Direct { addr: SocketAddr },
+    Direct {
+        /// The peer address the connection goes to.
+        addr: SocketAddr,
+    },
     /// An end-to-end QUIC connection whose packets a relay node forwards.
-    Relayed { via: NodeId },
+    Relayed {
+        /// The relay node forwarding the packets.
+        via: NodeId,
+    },
 }
 
 impl std::fmt::Display for PathKind {
@@ -34,7 +40,9 @@ impl std::fmt::Display for PathKind {
 /// What the caller knows about a peer from its signed node record.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
+    /// The addresses the peer advertises in its record.
     pub candidates: Vec<EndpointCandidate>,
+    /// Where the peer sits; the ranker compares them with ours to pick paths.
     pub labels: TopologyLabels,
     /// The peer has the relay role and will forward tunnels for others.
     pub is_relay: bool,
@@ -62,7 +70,10 @@ impl PeerInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DialOutcome {
     /// The QUIC handshake completed and the peer proved the expected `NodeId`.
-    Reached { rtt: Duration },
+    Reached {
+        /// QUIC's round-trip estimate for the connection just made.
+        rtt: Duration,
+    },
     /// Timeout, refusal, or a different node answering at that address.
     Failed,
 }

@@ -122,6 +122,9 @@ impl RelayHeader {
 /// Test and diagnostics hook on a relay: sees every forwarded tunnel payload (an
 /// encrypted inner QUIC packet) and may modify it in place.
 pub trait RelayTap: Send + Sync + 'static {
+    /// Called once per forwarded packet before it is sent on: `from` sent it to
+    /// the relay, `to` will receive it. Whatever `payload` holds on return is what
+    /// gets forwarded.
     fn on_forward(&self, from: NodeId, to: NodeId, payload: &mut BytesMut);
 }
 

@@ -35,12 +35,17 @@ pub const SERVER_NAME: &str = "fabric-node";
 /// Why TLS material could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// The node key could not be exported as PKCS#8, or the generated certificate
+    /// does not carry it.
     #[error("node key cannot be used for TLS: {0}")]
     Key(String),
+    /// rcgen refused the certificate parameters or the key.
     #[error("building the node certificate: {0}")]
     Certificate(#[from] rcgen::Error),
+    /// rustls refused the configuration: the protocol versions, the certificate or the key.
     #[error("building the TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// quinn cannot run QUIC on the rustls configuration (no usable initial cipher suite).
     #[error("TLS configuration is not usable for QUIC: {0}")]
     Quic(String),
 }
@@ -52,7 +57,9 @@ pub enum TlsError {
      {expected}; refusing the connection"
 )]
 pub struct IdentityMismatch {
+    /// The node id the signed node record names.
     pub expected: NodeId,
+    /// The node id of the key the peer's certificate carries.
     pub presented: NodeId,
     /// Where we dialled: an address, or a relay description.
     pub endpoint: String,
@@ -129,10 +136,12 @@ impl TlsIdentity {
         })
     }
 
+    /// The node id of the key this certificate binds.
     pub fn node_id(&self) -> NodeId {
         self.node_id
     }
 
+    /// The self-signed certificate (DER) presented during handshakes.
     pub fn certificate(&self) -> &CertificateDer<'static> {
         &self.cert
     }

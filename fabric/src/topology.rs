@@ -13,7 +13,9 @@ pub use fabric_proto::node_id::{NodeId, NodeIdParseError};
 /// The failure-domain labels of the seed's P3: where a node sits.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TopologyLabels {
+    /// Failure-domain area (a region, provider or city); the widest domain.
     pub area: String,
+    /// Physical or logical site inside the area (seed label `site_id`).
     pub site_id: String,
     /// Private/local reachability domain (a LAN segment, a VPC).
     pub locality_group: String,
@@ -25,14 +27,18 @@ pub struct TopologyLabels {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndpointScope {
+    /// Reachable only inside its locality/NAT group (a LAN or VPC address).
     Private,
+    /// Reachable from anywhere (a public address).
     Public,
 }
 
 /// One address a node may be reached at, with the scope it is valid in.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct EndpointCandidate {
+    /// The UDP address to dial.
     pub addr: SocketAddr,
+    /// Where the address is valid.
     pub scope: EndpointScope,
     /// For private endpoints: the locality group in which the address is meaningful.
     pub locality_group: Option<String>,

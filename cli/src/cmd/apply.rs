@@ -11,7 +11,7 @@ use super::Output;
 
 /// Where the Control API is and how to authenticate; shared by apply/get/audit.
 #[derive(clap::Args, Clone, Debug)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// Control API base URL, e.g. http://127.0.0.1:7180.
     #[arg(long)]
     pub server: String,
@@ -21,7 +21,7 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    pub fn client(&self) -> anyhow::Result<ApiClient> {
+    pub(crate) fn client(&self) -> anyhow::Result<ApiClient> {
         let token = match &self.token_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
@@ -36,7 +36,7 @@ impl ServerArgs {
 }
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// A manifest file or a folder of them (searched recursively).
     #[arg(short = 'f', long = "filename")]
     path: PathBuf,
@@ -54,7 +54,7 @@ pub struct Args {
 
 /// Exit 0 when applied (or valid, for a dry run), 1 when the server refused
 /// the manifests (every error is printed with file and field), 2 otherwise.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let files = read_files(&args.path)?;
     let client = args.server.client()?;
     let opts = ApplyOptions {

@@ -12,7 +12,7 @@ use super::Output;
 
 /// What `artifact` can do.
 #[derive(clap::Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Put a build into an update store (the `artifacts/` folder of an
     /// `update-store` node) and print the `artifact:` block an UpdateIntent
     /// names. With --manifests and --intent, refuses a file whose hash, size
@@ -23,7 +23,7 @@ pub enum Command {
 }
 
 #[derive(clap::Args)]
-pub struct HashArgs {
+pub(crate) struct HashArgs {
     /// The build.
     file: PathBuf,
     /// Bytes per piece: a power of two from 16 KiB to 16 MiB.
@@ -34,7 +34,7 @@ pub struct HashArgs {
 }
 
 #[derive(clap::Args)]
-pub struct PushArgs {
+pub(crate) struct PushArgs {
     /// The build.
     file: PathBuf,
     /// The store folder (for `fabricctl up`: `<state>/nodes/<store node>/artifacts`).
@@ -54,7 +54,7 @@ pub struct PushArgs {
 }
 
 /// Exit 0 when stored (or hashed), 1 when refused.
-pub fn run(c: Command) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
     match c {
         Command::Hash(a) => {
             let pinned = pin(&a.file, a.piece_size)?;

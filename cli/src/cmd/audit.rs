@@ -9,7 +9,7 @@ use super::apply::ServerArgs;
 use super::Output;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
     server: ServerArgs,
     /// A heartbeat older than this many seconds is stale (server default: 90).
@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 /// Exit 0 when all six acceptance criteria pass, 1 when any fails, 2 on errors.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = args.server.client()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

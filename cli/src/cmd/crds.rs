@@ -5,13 +5,13 @@ use anyhow::Context;
 use fabric_schemas::crd;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Write one file per CRD into this folder instead of printing a multi-document stream.
     #[arg(long)]
     out_dir: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let crds = crd::all();
     for (kind, c) in &crds {
         let bad = crd::structural_violations(c);

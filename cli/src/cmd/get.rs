@@ -10,7 +10,7 @@ use fabric_schemas::kinds::API_VERSION;
 use super::apply::ServerArgs;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum GetOutput {
+pub(crate) enum GetOutput {
     #[default]
     Table,
     Yaml,
@@ -18,7 +18,7 @@ pub enum GetOutput {
 }
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// FabricNode, ServiceRecord, UpdateIntent, RolloutPolicy, RolloutLease,
     /// TrustRoot; lower case, plural and short names (fnode) work too.
     kind: String,
@@ -30,7 +30,7 @@ pub struct Args {
 }
 
 /// Exit 0 when found, 1 when the named object does not exist, 2 otherwise.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let kind = parse_kind(&args.kind).with_context(|| {
         format!(
             "unknown kind {:?}; expected one of FabricNode, ServiceRecord, UpdateIntent, RolloutPolicy, RolloutLease, TrustRoot",

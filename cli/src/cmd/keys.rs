@@ -11,7 +11,7 @@ use fabric_schemas::trust::Role;
 use fabric_schemas::{Envelope, Record, Scope};
 
 #[derive(clap::Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Generate role keys and a trust root into DIR.
     ///
     /// Writes DIR/keys/<role>-<n>.pem (private, mode 0600), DIR/trust-root.yaml
@@ -21,7 +21,7 @@ pub enum Command {
 }
 
 #[derive(clap::Args)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     dir: PathBuf,
     /// Number of root keys.
     #[arg(long, default_value_t = 1)]
@@ -43,7 +43,7 @@ pub struct InitArgs {
     force: bool,
 }
 
-pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Init(a) => init(a),
     }

@@ -13,7 +13,7 @@ use fabric_reconciler::store::{EmbeddedStore, PostgresConfig, PostgresStore, Sto
 use super::Output;
 
 #[derive(clap::Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Stop granting new leases; outstanding ones may finish.
     Pause(Target),
     /// Continue after a pause, an automatic stop or an abort.
@@ -29,7 +29,7 @@ pub enum Command {
 }
 
 #[derive(clap::Args)]
-pub struct OverrideArgs {
+pub(crate) struct OverrideArgs {
     #[command(flatten)]
     pub target: Target,
     /// Withdraw the override instead of setting it.
@@ -38,7 +38,7 @@ pub struct OverrideArgs {
 }
 
 #[derive(clap::Args)]
-pub struct Target {
+pub(crate) struct Target {
     /// The rollout: the `UpdateIntent`'s name.
     pub name: String,
     /// The control plane's store: `embedded:PATH` (a redb file) or
@@ -50,7 +50,7 @@ pub struct Target {
 }
 
 #[derive(clap::Args)]
-pub struct ResumeArgs {
+pub(crate) struct ResumeArgs {
     #[command(flatten)]
     pub target: Target,
     /// Also give failed nodes (leased or bridged) fresh attempts.
@@ -59,7 +59,7 @@ pub struct ResumeArgs {
 }
 
 #[derive(clap::Args)]
-pub struct AbortArgs {
+pub(crate) struct AbortArgs {
     #[command(flatten)]
     pub target: Target,
     /// Why, for the audit log and status.
@@ -67,7 +67,7 @@ pub struct AbortArgs {
     pub reason: String,
 }
 
-pub fn run(command: Command) -> Result<ExitCode> {
+pub(crate) fn run(command: Command) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -137,7 +137,7 @@ fn yes(b: bool) -> &'static str {
 }
 
 /// The text form of `rollout status`.
-pub fn render(v: &RolloutView) -> String {
+pub(crate) fn render(v: &RolloutView) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let observed = v

@@ -8,7 +8,7 @@ use fabric_schemas::time::{now_unix, parse_duration};
 use fabric_schemas::{Envelope, Record, Scope, ScopeTerm};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Manifest file or folder; every valid object is signed.
     #[arg(short = 'f', long = "filename")]
     path: PathBuf,
@@ -29,7 +29,7 @@ pub struct Args {
     out_dir: PathBuf,
 }
 
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let report = load_path(&a.path);
     if !report.errors.is_empty() {
         for e in &report.errors {

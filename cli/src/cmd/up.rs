@@ -20,7 +20,7 @@ use std::sync::Arc;
 const MARKER: &str = ".fabric-up";
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Manifests describing the fleet (FabricNodes, ServiceRecords, ...).
     #[arg(short = 'f', long = "filename", default_value = "manifests/examples")]
     path: PathBuf,
@@ -42,7 +42,7 @@ pub struct Args {
     round_ms: u64,
 }
 
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -6,7 +6,7 @@ use fabric_schemas::manifest::load_path;
 use super::Output;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// A manifest file or a folder of them (searched recursively).
     #[arg(short = 'f', long = "filename")]
     path: PathBuf,
@@ -15,7 +15,7 @@ pub struct Args {
 }
 
 /// Exit 0 when everything is valid, 1 when any object is not.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = load_path(&args.path);
     match args.output {
         Output::Json => {

@@ -9,7 +9,7 @@ use fabric_schemas::{accept, TrustAnchor};
 use super::Output;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The TrustRoot manifest to check against (e.g. trust-root.yaml from `keys init`).
     #[arg(long)]
     trust_root: PathBuf,
@@ -21,7 +21,7 @@ pub struct Args {
 }
 
 /// Exit 0 when every envelope is accepted, 1 when any is rejected.
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let spec = fabric_schemas::keys::read_trust_root_manifest(&a.trust_root)?;
     let trust = TrustAnchor::from_spec(&spec).context("trust root")?;
     let now = now_unix();

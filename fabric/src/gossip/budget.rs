@@ -50,6 +50,7 @@ impl TokenBucket {
         }
     }
 
+    /// Whole bytes that could be taken at `now_ms` (refills first, hence `&mut`).
     pub fn available(&mut self, now_ms: u64) -> u64 {
         self.refill(now_ms);
         u64::try_from(self.scaled_tokens / self.period_ms).unwrap_or(u64::MAX)
@@ -71,7 +72,7 @@ pub(crate) struct PeerGuard {
 }
 
 impl PeerGuard {
-    pub fn new(inbound: TokenBucket, now_ms: u64) -> Self {
+    pub(crate) fn new(inbound: TokenBucket, now_ms: u64) -> Self {
         PeerGuard {
             inbound,
             strikes: 0,
@@ -84,11 +85,11 @@ impl PeerGuard {
         }
     }
 
-    pub fn banned(&self, now_ms: u64) -> bool {
+    pub(crate) fn banned(&self, now_ms: u64) -> bool {
         now_ms < self.banned_until
     }
 
-    pub fn sent_in(&self, round: u64) -> usize {
+    pub(crate) fn sent_in(&self, round: u64) -> usize {
         if self.send_round == round {
             self.sent_bytes
         } else {
@@ -96,7 +97,7 @@ impl PeerGuard {
         }
     }
 
-    pub fn add_sent(&mut self, round: u64, bytes: usize) {
+    pub(crate) fn add_sent(&mut self, round: u64, bytes: usize) {
         if self.send_round != round {
             self.send_round = round;
             self.sent_bytes = 0;
@@ -105,7 +106,7 @@ impl PeerGuard {
     }
 
     /// Counts one admission attempt; false once `max` is reached this round.
-    pub fn try_admit(&mut self, round: u64, max: u32) -> bool {
+    pub(crate) fn try_admit(&mut self, round: u64, max: u32) -> bool {
         if self.admit_round != round {
             self.admit_round = round;
             self.admissions = 0;

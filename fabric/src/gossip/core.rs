@@ -69,6 +69,9 @@ pub struct GossipConfig {
     /// previous round pulled at least `catch_up_threshold` records); one
     /// otherwise.
     pub max_exchanges_per_round: usize,
+    /// Records pulled in one round that count as catching up. While catching
+    /// up, accepted records also stop joining the rumor wave (the fleet has
+    /// them already).
     pub catch_up_threshold: u32,
     /// Mids expanded to leaf hashes per exchange.
     pub max_mids_per_exchange: usize,
@@ -117,42 +120,63 @@ impl Default for GossipConfig {
 /// A datagram for the driver to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outgoing {
+    /// The peer to send it to.
     pub to: NodeId,
+    /// One encoded gossip message, sent as a single datagram.
     pub payload: Vec<u8>,
 }
 
 /// A record that entered the directory (new key or higher generation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Accepted {
+    /// The record's key.
     pub key: RecordKey,
+    /// The generation now held.
     pub generation: u64,
 }
 
 /// What handling one datagram produced.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Output {
+    /// Replies and follow-ups to send.
     pub outgoing: Vec<Outgoing>,
+    /// Records the datagram brought into the directory.
     pub accepted: Vec<Accepted>,
 }
 
 /// Counters for metrics and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GossipStats {
+    /// Records that entered the directory, gossiped or inserted locally.
     pub accepted: u64,
+    /// Envelopes identical to the one held (same generation and digest), dropped
+    /// without asking admission.
     pub duplicates: u64,
     rejected: [u64; RejectReason::ALL.len()],
+    /// Datagrams that were not a valid gossip message (each a strike).
     pub decode_errors: u64,
+    /// Datagrams dropped undecoded because the sender's token bucket was empty...
     pub rate_limited_msgs: u64,
+    /// ...and their bytes.
     pub rate_limited_bytes: u64,
+    /// Datagrams dropped undecoded because the sender is banned.
     pub banned_drops: u64,
+    /// Times a peer's strikes reached `ban_threshold` and it was banned.
     pub bans: u64,
+    /// Envelopes skipped unchecked because their sender used up its
+    /// `peer_admissions_per_round`.
     pub admission_budget_skips: u64,
+    /// Datagrams that passed the token bucket and went on to decoding.
     pub msgs_in: u64,
     /// Bytes that passed the token bucket and were decoded.
     pub bytes_in: u64,
+    /// Datagrams sent.
     pub msgs_out: u64,
+    /// Bytes sent, all message types together.
     pub bytes_out: u64,
+    /// Anti-entropy exchanges this node opened (`SyncMids` sent).
     pub exchanges_started: u64,
+    /// `SyncMids` received whose root equalled ours, ending the exchange at once.
     pub exchanges_in_sync: u64,
     /// Records dropped from the directory because their expiry passed.
     pub expired: u64,
@@ -171,10 +195,12 @@ pub const MESSAGE_TYPES: [&str; 6] = [
 ];
 
 impl GossipStats {
+    /// Envelopes refused for `reason`.
     pub fn rejected(&self, reason: RejectReason) -> u64 {
         self.rejected[reason.index()]
     }
 
+    /// Envelopes refused for any reason.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.iter().sum()
     }
@@ -250,18 +276,22 @@ impl<A: Admission> Gossip<A> {
         }
     }
 
+    /// This node's id; datagrams from it are ignored and it is never picked as a peer.
     pub fn id(&self) -> NodeId {
         self.id
     }
 
+    /// The tunables in force.
     pub fn config(&self) -> &GossipConfig {
         &self.cfg
     }
 
+    /// Counters since construction.
     pub fn stats(&self) -> &GossipStats {
         &self.stats
     }
 
+    /// The admission rule, e.g. to read state it keeps.
     pub fn admission(&self) -> &A {
         &self.admission
     }
@@ -271,6 +301,7 @@ impl<A: Admission> Gossip<A> {
         self.store.len()
     }
 
+    /// No records held.
     pub fn is_empty(&self) -> bool {
         self.store.len() == 0
     }
@@ -280,10 +311,12 @@ impl<A: Admission> Gossip<A> {
         self.store.root()
     }
 
+    /// The held envelope for `key`; one past its expiry stays until the next tick.
     pub fn get(&self, key: &RecordKey) -> Option<&Envelope> {
         self.store.get(&key.hash()).map(|e| &e.envelope)
     }
 
+    /// The generation held for `key`.
     pub fn generation(&self, key: &RecordKey) -> Option<u64> {
         self.store.get(&key.hash()).map(Entry::generation)
     }
@@ -298,6 +331,8 @@ impl<A: Admission> Gossip<A> {
         self.hot.len()
     }
 
+    /// Whether `peer` is banned at `now_ms`: its datagrams are dropped unread and
+    /// it is not picked for exchanges or pushes.
     pub fn is_banned(&self, peer: &NodeId, now_ms: u64) -> bool {
         self.peers.get(peer).is_some_and(|g| g.banned(now_ms))
     }

@@ -15,11 +15,15 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// The key of a directory record: a kind tag and a name (e.g. a node id).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RecordKey {
+    /// Which kind of record (node record, service record, ...); the numbering is
+    /// the admission rule's, gossip only keeps kinds apart.
     pub kind: u8,
+    /// Names the record within its kind, at most [`MAX_NAME_BYTES`] bytes.
     pub name: String,
 }
 
 impl RecordKey {
+    /// A key of `kind` named `name`.
     pub fn new(kind: u8, name: impl Into<String>) -> Self {
         RecordKey {
             kind,
@@ -27,6 +31,7 @@ impl RecordKey {
         }
     }
 
+    /// This key's [`KeyHash`].
     pub fn hash(&self) -> KeyHash {
         KeyHash::of(self)
     }
@@ -39,6 +44,7 @@ impl RecordKey {
 pub struct KeyHash(pub [u8; 16]);
 
 impl KeyHash {
+    /// Hashes `key`; stable across versions, since peers compare these.
     pub fn of(key: &RecordKey) -> Self {
         let mut h = Sha256::new();
         h.update(b"fabric/gossip/key/v1\0");
@@ -69,10 +75,13 @@ impl KeyHash {
 /// plus the opaque bytes, forwarded byte-for-byte.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
+    /// The key the sender claims the record has; admission must confirm it.
     pub key: RecordKey,
+    /// The claimed generation: a higher one replaces what is held under the key.
     pub generation: u64,
     /// SHA-256 of `bytes`; checked on receipt before admission is asked.
     pub digest: [u8; 32],
+    /// The signed record itself, opaque to gossip.
     pub bytes: Vec<u8>,
 }
 
@@ -89,6 +98,7 @@ impl Envelope {
     }
 }
 
+/// SHA-256 of `bytes`: the digest an [`Envelope`] carries.
 pub fn digest_of(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
@@ -96,7 +106,9 @@ pub fn digest_of(bytes: &[u8]) -> [u8; 32] {
 /// What admission vouches for after verifying an envelope's bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdmittedRecord {
+    /// The key read from the verified bytes.
     pub key: RecordKey,
+    /// The generation read from the verified bytes.
     pub generation: u64,
     /// When the record stops being valid, in milliseconds since the Unix
     /// epoch; `None` if it never expires. The core drops the record at this
@@ -124,27 +136,38 @@ pub trait Admission {
 /// Why an envelope was refused. Counted per reason in [`super::GossipStats`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, thiserror::Error)]
 pub enum RejectReason {
+    /// The bytes do not parse, or the key name is longer than [`MAX_NAME_BYTES`].
     #[error("malformed: the envelope bytes do not parse")]
     Malformed,
+    /// The signature or signer does not verify (admission).
     #[error("forged: signature or signer does not verify")]
     Forged,
+    /// The bytes do not hash to the envelope's digest (checked before admission).
     #[error("digest mismatch: bytes do not hash to the claimed digest")]
     DigestMismatch,
+    /// The signer lacks the role, threshold or scope for this record (admission).
     #[error("unauthorized: signer lacks the role, threshold or scope")]
     Unauthorized,
+    /// Outside its validity window, or it expires at or before `now_ms`.
     #[error("expired or not yet valid")]
     Expired,
+    /// An older generation than the one held: a rollback attempt or a late copy.
     #[error("stale: generation is older than the one held (rollback)")]
     Stale,
+    /// The held generation again, with different bytes.
     #[error("conflict: same generation as held, different content")]
     Conflict,
+    /// Larger than `GossipConfig::max_record_bytes`.
     #[error("oversized: record larger than the configured maximum")]
     Oversized,
+    /// Admission read a different key or generation from the bytes than the
+    /// envelope header claims.
     #[error("key mismatch: admitted key or generation differs from the claimed header")]
     KeyMismatch,
 }
 
 impl RejectReason {
+    /// Every reason, in declaration order (the order of the per-reason counters).
     pub const ALL: [RejectReason; 9] = [
         RejectReason::Malformed,
         RejectReason::Forged,

@@ -28,7 +28,7 @@ pub(crate) struct HotSet {
 }
 
 impl HotSet {
-    pub fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         HotSet {
             items: BTreeMap::new(),
             cap: cap.max(1),
@@ -37,7 +37,7 @@ impl HotSet {
         }
     }
 
-    pub fn add(&mut self, key: KeyHash, generation: u64) {
+    pub(crate) fn add(&mut self, key: KeyHash, generation: u64) {
         if !self.items.contains_key(&key) && self.items.len() >= self.cap {
             // Full: the oldest rumor has had the most rounds already.
             if let Some(oldest) = self
@@ -63,7 +63,7 @@ impl HotSet {
         );
     }
 
-    pub fn feedback(&mut self, key: &KeyHash, generation: u64, known: bool) {
+    pub(crate) fn feedback(&mut self, key: &KeyHash, generation: u64, known: bool) {
         if let Some(h) = self.items.get_mut(key) {
             if known && h.generation == generation {
                 h.known += 1;
@@ -72,7 +72,7 @@ impl HotSet {
     }
 
     /// Hot keys, freshest first (fewest rounds pushed), ties in key order.
-    pub fn by_freshness(&self) -> Vec<(KeyHash, u64)> {
+    pub(crate) fn by_freshness(&self) -> Vec<(KeyHash, u64)> {
         let mut v: Vec<(u32, KeyHash, u64)> = self
             .items
             .iter()
@@ -82,7 +82,7 @@ impl HotSet {
         v.into_iter().map(|(_, k, g)| (k, g)).collect()
     }
 
-    pub fn end_round(&mut self, max_rounds: u32, stop_after_known: u32) {
+    pub(crate) fn end_round(&mut self, max_rounds: u32, stop_after_known: u32) {
         for h in self.items.values_mut() {
             h.rounds += 1;
         }
@@ -90,11 +90,11 @@ impl HotSet {
             .retain(|_, h| h.rounds < max_rounds && h.known < stop_after_known);
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.items.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 }

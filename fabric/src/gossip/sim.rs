@@ -48,6 +48,7 @@ pub struct SimAdmission {
 }
 
 impl SimAdmission {
+    /// Accepts records tagged with `secret`, the simulated fleet's signing key.
     pub fn new(secret: [u8; 32]) -> Self {
         SimAdmission { secret, calls: 0 }
     }
@@ -130,9 +131,13 @@ impl Admission for SimAdmission {
 /// Network and workload parameters.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
+    /// Fleet size.
     pub nodes: usize,
+    /// Seeds every random choice: node ids, tick phases, latency, loss, peer picks.
     pub seed: u64,
+    /// Shortest one-way datagram latency.
     pub latency_min_ms: u64,
+    /// Longest one-way datagram latency (latency is uniform in between).
     pub latency_max_ms: u64,
     /// Datagram loss, parts per million.
     pub loss_ppm: u32,
@@ -142,10 +147,13 @@ pub struct SimConfig {
     /// All nodes tick at the same instant (the synchronous model of the
     /// push-pull analysis) instead of at random phases.
     pub lockstep: bool,
+    /// Tunables every node's gossip core gets.
     pub gossip: GossipConfig,
 }
 
 impl SimConfig {
+    /// `nodes` nodes seeded with `seed`: 5-50 ms latency, no loss, 200-byte
+    /// payloads, random tick phases, default gossip tunables.
     pub fn new(nodes: usize, seed: u64) -> Self {
         SimConfig {
             nodes,
@@ -163,15 +171,21 @@ impl SimConfig {
 /// Traffic counters since the last [`Sim::reset_metrics`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SimReport {
+    /// Fleet size (the divisor of the per-node means).
     pub nodes: usize,
+    /// Rounds (`round_ms` windows) run.
     pub rounds: u32,
+    /// Datagrams sent, including those then lost or cut by a partition.
     pub messages: u64,
+    /// Bytes of those datagrams.
     pub bytes: u64,
     /// Most bytes one node sent in one of its rounds (tick to tick).
     pub max_node_round_sent: u64,
     /// Most bytes one node received in one of its rounds (tick to tick).
     pub max_node_round_recv: u64,
+    /// Datagrams dropped by random loss (`loss_ppm`).
     pub dropped_loss: u64,
+    /// Datagrams dropped because sender and receiver were in different partition groups.
     pub dropped_partition: u64,
     /// Bytes sent per message type (see [`super::MESSAGE_TYPES`]).
     pub bytes_by_type: [u64; 6],
@@ -183,6 +197,7 @@ impl SimReport {
         self.bytes as f64 / (self.nodes.max(1) as f64 * f64::from(self.rounds.max(1)))
     }
 
+    /// Mean datagrams sent per node per round.
     pub fn msgs_per_node_round(&self) -> f64 {
         self.messages as f64 / (self.nodes.max(1) as f64 * f64::from(self.rounds.max(1)))
     }
@@ -348,22 +363,27 @@ impl Sim {
         }));
     }
 
+    /// Number of nodes.
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
 
+    /// A fleet of no nodes.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
 
+    /// Simulated time in ms since the Unix epoch; starts at [`SIM_EPOCH_MS`].
     pub fn now(&self) -> u64 {
         self.now
     }
 
+    /// Node ids; node `i` of [`Sim::node`] has `ids()[i]`.
     pub fn ids(&self) -> &[NodeId] {
         &self.ids
     }
 
+    /// Node `i`'s gossip core, to inspect its directory and stats.
     pub fn node(&self, i: usize) -> &Gossip<SimAdmission> {
         &self.nodes[i]
     }
@@ -407,10 +427,13 @@ impl Sim {
         self.group = Some((0..self.nodes.len()).map(group_of).collect());
     }
 
+    /// Ends a [`Sim::partition`]: datagrams flow between all nodes again.
     pub fn heal(&mut self) {
         self.group = None;
     }
 
+    /// Zeroes the report, so the next [`Sim::report`] covers only what runs after
+    /// (scenarios call it once their setup is done).
     pub fn reset_metrics(&mut self) {
         self.report = SimReport {
             nodes: self.nodes.len(),
@@ -429,6 +452,7 @@ impl Sim {
         out
     }
 
+    /// Traffic since the last [`Sim::reset_metrics`] (or since the start).
     pub fn report(&self) -> SimReport {
         let mut r = self.report.clone();
         for ((o, now), base) in r
@@ -553,10 +577,16 @@ pub fn push_pull_bound(n: usize) -> f64 {
 /// Outcome of one scenario run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScenarioResult {
+    /// The scenario's name: `inject-one`, `churn`, `cold-start` or `idle`.
     pub scenario: &'static str,
+    /// Fleet size.
     pub nodes: usize,
+    /// The seed, so the run can be repeated exactly.
     pub seed: u64,
+    /// Rounds until the scenario's goal held; `None` if it did not within the
+    /// allowed rounds.
     pub converged_round: Option<u32>,
+    /// Traffic from the end of the scenario's setup to the end of the run.
     pub report: SimReport,
 }
 

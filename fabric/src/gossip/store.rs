@@ -36,7 +36,7 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    pub fn new(key: KeyHash, envelope: Envelope, expires_at_ms: Option<u64>) -> Self {
+    pub(crate) fn new(key: KeyHash, envelope: Envelope, expires_at_ms: Option<u64>) -> Self {
         let summary = entry_summary(&key, envelope.generation, &envelope.digest);
         Entry {
             envelope,
@@ -45,13 +45,13 @@ impl Entry {
         }
     }
 
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.envelope.generation
     }
 
     /// Whether the record is still valid at `now_ms`; the same boundary as
     /// admission uses (dead once `now_ms >= expires_at_ms`).
-    pub fn live(&self, now_ms: u64) -> bool {
+    pub(crate) fn live(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_none_or(|x| now_ms < x)
     }
 }
@@ -84,6 +84,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// A snapshot with no records (a node starting without a peer cache).
     pub fn empty() -> Self {
         Snapshot::from_envelopes(Vec::new())
     }
@@ -151,10 +152,12 @@ impl Snapshot {
         }
     }
 
+    /// Number of records (one per key).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// No records.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -194,7 +197,7 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub fn new(base: Arc<Snapshot>) -> Self {
+    pub(crate) fn new(base: Arc<Snapshot>) -> Self {
         Store {
             mids: base.mids,
             root: base.root,
@@ -207,7 +210,7 @@ impl Store {
         }
     }
 
-    pub fn get(&self, key: &KeyHash) -> Option<&Entry> {
+    pub(crate) fn get(&self, key: &KeyHash) -> Option<&Entry> {
         match self.overlay.get(key) {
             Some(slot) => slot.as_ref(),
             None => self.base.find(key),
@@ -231,7 +234,7 @@ impl Store {
     }
 
     /// Inserts or replaces; the caller has already decided the entry wins.
-    pub fn put(&mut self, key: KeyHash, entry: Entry) {
+    pub(crate) fn put(&mut self, key: KeyHash, entry: Entry) {
         let old = self.get(&key).map(|e| e.summary);
         if old.is_none() {
             self.len += 1;
@@ -249,7 +252,7 @@ impl Store {
 
     /// Removes the entry under `key`, if any; the tree afterwards equals the
     /// tree that never held it. `true` if something was removed.
-    pub fn remove(&mut self, key: &KeyHash) -> bool {
+    pub(crate) fn remove(&mut self, key: &KeyHash) -> bool {
         let Some(summary) = self.get(key).map(|e| e.summary) else {
             return false;
         };
@@ -267,7 +270,7 @@ impl Store {
     /// Removes every entry whose expiry is at or before `now_ms` and returns
     /// their keys. Costs O(log n) per removed entry and O(1) when nothing is
     /// due, so it can run every round.
-    pub fn sweep(&mut self, now_ms: u64) -> Vec<KeyHash> {
+    pub(crate) fn sweep(&mut self, now_ms: u64) -> Vec<KeyHash> {
         let mut removed = Vec::new();
         while let Some(&(x, key)) = self.expiry.first() {
             if x > now_ms {
@@ -298,24 +301,24 @@ impl Store {
         removed
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    pub fn root(&self) -> u64 {
+    pub(crate) fn root(&self) -> u64 {
         self.root
     }
 
-    pub fn mids(&self) -> &[u64; MID_COUNT] {
+    pub(crate) fn mids(&self) -> &[u64; MID_COUNT] {
         &self.mids
     }
 
-    pub fn leaf_hash(&self, leaf: u16) -> u64 {
+    pub(crate) fn leaf_hash(&self, leaf: u16) -> u64 {
         self.base.leaves[usize::from(leaf)] ^ self.leaf_delta.get(&leaf).copied().unwrap_or(0)
     }
 
     /// Current entries of one leaf, sorted by key hash.
-    pub fn leaf_entries(&self, leaf: u16) -> Vec<(KeyHash, &Entry)> {
+    pub(crate) fn leaf_entries(&self, leaf: u16) -> Vec<(KeyHash, &Entry)> {
         let mut out: Vec<(KeyHash, &Entry)> = self
             .base
             .leaf_slice(leaf)
@@ -344,7 +347,7 @@ impl Store {
     }
 
     /// Every held envelope, in key-hash order (for persisting the peer cache).
-    pub fn envelopes(&self) -> Vec<Envelope> {
+    pub(crate) fn envelopes(&self) -> Vec<Envelope> {
         (0..LEAF_COUNT as u16)
             .flat_map(|l| {
                 self.leaf_entries(l)

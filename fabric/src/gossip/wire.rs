@@ -19,21 +19,33 @@
 
 use super::record::{Envelope, KeyHash, RecordKey, MAX_NAME_BYTES};
 
+/// The version byte every message starts with; a decoder refuses any other.
 pub const WIRE_VERSION: u8 = 1;
 /// Largest encoded message; keeps one message inside one QUIC datagram burst
 /// and bounds what a decoder allocates.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Summary tree shape: 64 mid hashes, each over 64 leaf hashes.
 pub const MID_COUNT: usize = 64;
+/// Leaf hashes under each mid hash.
 pub const LEAVES_PER_MID: usize = 64;
+/// Leaves in the summary tree (4096); [`KeyHash::leaf`] picks one per key.
 pub const LEAF_COUNT: usize = MID_COUNT * LEAVES_PER_MID;
 
+/// Bytes of the message header: version and type.
 pub const HEADER_BYTES: usize = 2;
+/// Bytes of an encoded envelope besides its name and record bytes: kind,
+/// name length, generation, digest and record length.
 pub const ENVELOPE_FIXED_BYTES: usize = 1 + 1 + 8 + 32 + 4;
+/// Bytes of one encoded [`EntryDigest`].
 pub const ENTRY_DIGEST_BYTES: usize = 16 + 8;
+/// Bytes of one encoded [`KeyHash`].
 pub const KEY_HASH_BYTES: usize = 16;
+/// Bytes of one encoded [`RumorAck`].
 pub const RUMOR_ACK_BYTES: usize = 16 + 8 + 1;
+/// Bytes of one encoded [`MidLeaves`] in a `SyncLeaves` message.
 pub const MID_LEAVES_BYTES: usize = 1 + LEAVES_PER_MID * 8;
+/// Bytes of a whole `SyncMids` message, header included: the cost of an
+/// exchange between nodes already in sync.
 pub const SYNC_MIDS_BYTES: usize = HEADER_BYTES + 8 + MID_COUNT * 8;
 
 const T_SYNC_MIDS: u8 = 1;
@@ -46,14 +58,18 @@ const T_RUMOR_FEEDBACK: u8 = 6;
 /// (key hash, generation) of one held record: what anti-entropy compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryDigest {
+    /// The record's key hash.
     pub key: KeyHash,
+    /// The generation held.
     pub generation: u64,
 }
 
 /// Leaf hashes under one mid hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MidLeaves {
+    /// Index of the mid hash, in `0..MID_COUNT`.
     pub mid: u8,
+    /// The leaf hashes under it, in leaf order.
     pub leaves: Box<[u64; LEAVES_PER_MID]>,
 }
 
@@ -61,59 +77,94 @@ pub struct MidLeaves {
 /// receiver may treat anything absent as missing).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeafEntries {
+    /// Index of the leaf, in `0..LEAF_COUNT`.
     pub leaf: u16,
+    /// Every record the sender holds in the leaf.
     pub entries: Vec<EntryDigest>,
 }
 
 /// Answer to a rumor: whether the receiver already knew that record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RumorAck {
+    /// The pushed record's key hash.
     pub key: KeyHash,
+    /// The pushed generation.
     pub generation: u64,
+    /// The record was not news to the receiver (already held, or refused); the
+    /// sender stops pushing a rumor after enough of these.
     pub known: bool,
 }
 
+/// One gossip message; the module docs give each one's encoding.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// Anti-entropy opener: the sender's root and 64 mid hashes.
     SyncMids {
+        /// Hash over all the sender's records; equal roots end the exchange.
         root: u64,
+        /// The sender's mid hashes, in mid order.
         mids: Box<[u64; MID_COUNT]>,
     },
     /// Reply: leaf hashes under the mids that differ.
     SyncLeaves {
+        /// Leaf hashes of each differing mid (up to `max_mids_per_exchange`).
         mids: Vec<MidLeaves>,
     },
     /// Reply: the sender's entry digests for leaves that differ.
     SyncEntries {
+        /// Entry digests of each differing leaf.
         leaves: Vec<LeafEntries>,
     },
     /// Envelopes the receiver lacks (or holds older), plus keys the sender wants.
     Records {
+        /// Records the sender has newer, or that were asked for.
         envelopes: Vec<Envelope>,
+        /// Keys the sender lacks or holds older and asks to be sent.
         want: Vec<KeyHash>,
     },
     /// Fresh records pushed by the rumor wave.
     Rumor {
+        /// The pushed records.
         envelopes: Vec<Envelope>,
     },
+    /// Reply to a `Rumor`: which of its records the receiver already knew.
     RumorFeedback {
+        /// One answer per pushed record (as many as fit the reply budget).
         acks: Vec<RumorAck>,
     },
 }
 
+/// Why a gossip message could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
+    /// The message is larger than [`MAX_MESSAGE_BYTES`].
     #[error("gossip message of {len} bytes exceeds the {max}-byte limit")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// The message's size in bytes.
+        len: usize,
+        /// The limit, [`MAX_MESSAGE_BYTES`].
+        max: usize,
+    },
+    /// The input ends before a field, or a count promises more items than
+    /// the remaining bytes can hold.
     #[error("gossip message truncated: needed {needed} bytes at offset {at}")]
-    Truncated { at: usize, needed: usize },
+    Truncated {
+        /// Offset into the message where the missing bytes were needed.
+        at: usize,
+        /// Bytes needed from there.
+        needed: usize,
+    },
+    /// The version byte is not [`WIRE_VERSION`].
     #[error("unsupported gossip wire version {0} (this node speaks {WIRE_VERSION})")]
     UnsupportedVersion(u8),
+    /// The type byte names no message.
     #[error("unknown gossip message type {0}")]
     UnknownType(u8),
+    /// A field (named, e.g. `sync_leaves.mid`) is out of range or does not fit
+    /// its length prefix.
     #[error("invalid gossip message field {0}")]
     InvalidField(&'static str),
+    /// Bytes are left over after a complete message.
     #[error("{0} trailing bytes after gossip message")]
     TrailingBytes(usize),
 }
@@ -124,6 +175,7 @@ pub fn envelope_len(env: &Envelope) -> usize {
 }
 
 impl Message {
+    /// Exact size of the encoding, header included, without encoding.
     pub fn encoded_len(&self) -> usize {
         HEADER_BYTES
             + match self {
@@ -147,6 +199,7 @@ impl Message {
             }
     }
 
+    /// Stable label of the message type, as listed in [`super::MESSAGE_TYPES`].
     pub fn type_label(&self) -> &'static str {
         match self {
             Message::SyncMids { .. } => "sync_mids",

@@ -37,6 +37,7 @@ pub enum EndpointClass {
 }
 
 impl EndpointClass {
+    /// The kebab-case name, as serialised (for logs and plan output).
     pub fn as_str(self) -> &'static str {
         match self {
             EndpointClass::PreferredPrivate => "preferred-private",
@@ -73,15 +74,21 @@ pub enum EndpointHealth {
 /// One endpoint with its class, health and the reason for both.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClassifiedEndpoint {
+    /// The endpoint as the peer's record advertises it.
     pub endpoint: EndpointCandidate,
+    /// Where it can work from the local node's position.
     pub class: EndpointClass,
+    /// What the runtime saw on it.
     pub health: EndpointHealth,
+    /// Last measured round-trip time, from the observations; breaks ties in the
+    /// probe order.
     pub rtt: Option<Duration>,
     /// Human-readable: which labels or observations decided the class and health.
     pub reason: String,
 }
 
 impl ClassifiedEndpoint {
+    /// Whether the transport should probe it at all (see [`EndpointClass::is_probed`]).
     pub fn is_probed(&self) -> bool {
         self.class.is_probed()
     }

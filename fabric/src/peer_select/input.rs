@@ -15,7 +15,9 @@ use crate::topology::{EndpointCandidate, NodeId, TopologyLabels};
 /// The node the plan is made for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalNode {
+    /// The local node's id; a candidate with this id is ignored.
     pub id: NodeId,
+    /// Where the local node sits; every failure-domain comparison is against these.
     pub labels: TopologyLabels,
 }
 
@@ -33,9 +35,13 @@ pub struct PeerRoles {
 /// One node of the directory, as a possible peer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerCandidate {
+    /// The peer's id.
     pub id: NodeId,
+    /// Where the peer sits, from its signed node record.
     pub labels: TopologyLabels,
+    /// The addresses its node record advertises; the planner classifies and orders them.
     pub endpoints: Vec<EndpointCandidate>,
+    /// What the peer does for the fleet (relay, ingress).
     #[serde(default)]
     pub roles: PeerRoles,
     /// The peer is critical for the fleet (a core-service provider, say):
@@ -51,7 +57,9 @@ pub enum ProbeOutcome {
     /// Never probed (or the result has aged out of the peer cache).
     #[default]
     None,
+    /// The probe completed a handshake with the expected node.
     Ok,
+    /// The probe timed out, was refused, or a different node answered.
     Failed,
 }
 
@@ -64,6 +72,7 @@ pub struct ObserverReport {
     /// The observer's `nat_group`: an observer behind the endpoint owner's NAT
     /// reaches the public address only by hairpinning through that NAT.
     pub nat_group: String,
+    /// The observer's last attempt on the endpoint succeeded.
     pub reached: bool,
 }
 
@@ -112,15 +121,18 @@ impl PeerObservation {
 /// Runtime observations for all peers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observations {
+    /// Per peer; a peer without an entry has never been observed.
     #[serde(default)]
     pub peers: BTreeMap<NodeId, PeerObservation>,
 }
 
 impl Observations {
+    /// What is known about peer `id`, if anything.
     pub fn peer(&self, id: &NodeId) -> Option<&PeerObservation> {
         self.peers.get(id)
     }
 
+    /// What is known about peer `id` at `addr`, if anything.
     pub fn endpoint(&self, id: &NodeId, addr: &SocketAddr) -> Option<&EndpointObservation> {
         self.peers.get(id).and_then(|p| p.endpoints.get(addr))
     }

@@ -12,17 +12,17 @@ use serde::{Deserialize, Serialize};
 use crate::topology::{NodeId, TopologyLabels};
 
 /// Both labels are known and equal.
-pub fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     !a.is_empty() && a == b
 }
 
 /// Both labels are known and different.
-pub fn differs(a: &str, b: &str) -> bool {
+pub(crate) fn differs(a: &str, b: &str) -> bool {
     !a.is_empty() && !b.is_empty() && a != b
 }
 
 /// The peer sits in a known area that is not the local node's known area.
-pub fn outside_area(local: &TopologyLabels, peer: &TopologyLabels) -> bool {
+pub(crate) fn outside_area(local: &TopologyLabels, peer: &TopologyLabels) -> bool {
     differs(&local.area, &peer.area)
 }
 
@@ -37,6 +37,7 @@ pub enum IngressKey {
 }
 
 impl IngressKey {
+    /// The edge of node `id` with `labels`: its `nat_group` if declared, else itself.
     pub fn of(id: NodeId, labels: &TopologyLabels) -> IngressKey {
         if labels.nat_group.is_empty() {
             IngressKey::OwnEdge(id)

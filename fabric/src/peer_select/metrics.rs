@@ -33,12 +33,14 @@ pub use fabric_proto::heartbeat::PeerMetrics;
 /// Which paths to one peer are ready now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathReadiness {
+    /// A direct path is ready on some endpoint.
     pub direct: bool,
     /// The relay of a ready relayed path.
     pub relay_via: Option<NodeId>,
 }
 
 impl PathReadiness {
+    /// What `observations` report ready for `peer`; nothing for an unobserved peer.
     pub fn of(peer: NodeId, observations: &Observations) -> PathReadiness {
         match observations.peer(&peer) {
             Some(o) => PathReadiness {
@@ -49,6 +51,7 @@ impl PathReadiness {
         }
     }
 
+    /// Some path, direct or relayed, is ready.
     pub fn any(&self) -> bool {
         self.direct || self.relay_via.is_some()
     }

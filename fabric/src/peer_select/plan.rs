@@ -35,7 +35,10 @@ pub enum PlanError {
     /// caller merged records wrongly, and picking either would make the plan
     /// depend on input order.
     #[error("peer directory lists node {peer} more than once; merge its records before planning")]
-    DuplicateCandidate { peer: NodeId },
+    DuplicateCandidate {
+        /// The node listed more than once.
+        peer: NodeId,
+    },
 }
 
 /// The directory's candidates, keyed by `NodeId`, the local node left out
@@ -46,7 +49,10 @@ pub(crate) struct Directory<'a> {
 }
 
 impl<'a> Directory<'a> {
-    pub fn new(local: &LocalNode, candidates: &'a [PeerCandidate]) -> Result<Self, PlanError> {
+    pub(crate) fn new(
+        local: &LocalNode,
+        candidates: &'a [PeerCandidate],
+    ) -> Result<Self, PlanError> {
         let mut peers = BTreeMap::new();
         for c in candidates.iter().filter(|c| c.id != local.id) {
             if peers.insert(c.id, c).is_some() {
@@ -57,7 +63,7 @@ impl<'a> Directory<'a> {
     }
 
     /// Peers in `NodeId` order.
-    pub fn peers(&self) -> impl Iterator<Item = &'a PeerCandidate> + '_ {
+    pub(crate) fn peers(&self) -> impl Iterator<Item = &'a PeerCandidate> + '_ {
         self.peers.values().copied()
     }
 }
@@ -69,7 +75,10 @@ pub enum Assignment {
     /// Keep a direct path (probe its endpoints in order until one is ready).
     Direct,
     /// Keep a relayed path through `via`.
-    Relay { via: NodeId },
+    Relay {
+        /// The relay node carrying the path.
+        via: NodeId,
+    },
     /// Reachable but not needed now; first replacement when a kept peer fails.
     Standby,
     /// Neither a direct endpoint worth probing nor a relay to reach it through.
@@ -82,25 +91,35 @@ pub enum Assignment {
 pub enum PickReason {
     /// Behaviour 1: first chosen peer of this area.
     NewArea {
+        /// The newly covered area.
         area: String,
     },
     /// Behaviour 2: first chosen peer behind this public edge.
     NewIngress {
+        /// The newly covered public edge.
         ingress: IngressKey,
     },
     /// Outside the local area, but the area was already covered.
     OutsideLocalArea,
+    /// A direct path to it is established now ([`DirectTier::Ready`]).
     DirectReady,
+    /// Our last probe of one of its endpoints succeeded ([`DirectTier::ProbeOk`]).
     ProbeOk,
+    /// Some endpoint worth probing has no result yet ([`DirectTier::Untested`]).
     Untested,
+    /// A relayed path to it is established now.
     RelayReady {
+        /// The relay the ready path goes through.
         via: NodeId,
     },
+    /// No relayed path is ready, but a relay this plan keeps directly can carry one.
     ThroughChosenRelay {
+        /// The chosen relay (the first in pick order that is not the peer itself).
         via: NodeId,
     },
     /// Chosen early because relayed peers need a relay.
     RelayForOthers,
+    /// The peer is marked critical (kept first among otherwise equal peers).
     CriticalPeer,
     /// Behaviour 4: kept so a path outside the local area exists.
     RecoveryPath,
@@ -115,12 +134,17 @@ pub enum PickReason {
 /// The plan for one peer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerDecision {
+    /// The peer decided on.
     pub peer: NodeId,
+    /// The peer's labels, copied so the plan explains itself.
     pub labels: TopologyLabels,
+    /// How the plan keeps it, if at all.
     pub assignment: Assignment,
+    /// Why, in the order the planner found them.
     pub reasons: Vec<PickReason>,
     /// What is ready now (not what is planned).
     pub ready: PathReadiness,
+    /// How good its best direct path looks.
     pub tier: DirectTier,
     /// Every endpoint classified: probe order first, skipped ones last.
     pub endpoints: Vec<ClassifiedEndpoint>,
@@ -136,6 +160,7 @@ impl PeerDecision {
             .collect()
     }
 
+    /// The plan keeps a path to it (direct or relayed), rather than standby or unreachable.
     pub fn is_kept(&self) -> bool {
         matches!(
             self.assignment,
@@ -149,9 +174,15 @@ impl PeerDecision {
 #[serde(rename_all = "kebab-case", tag = "status")]
 pub enum RecoveryStatus {
     /// A kept peer outside the local area has a ready path now.
-    Ready { peer: NodeId },
+    Ready {
+        /// That peer (the first such in plan order).
+        peer: NodeId,
+    },
     /// A kept peer outside the local area is planned, not ready yet.
-    Planned { peer: NodeId },
+    Planned {
+        /// That peer (the first such in plan order).
+        peer: NodeId,
+    },
     /// Peers outside the local area exist, none is reachable.
     Unavailable,
     /// The directory has no peer in another known area.
@@ -163,14 +194,18 @@ pub enum RecoveryStatus {
 /// peers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerPlan {
+    /// The node the plan was made for.
     pub local: NodeId,
+    /// One decision per directory peer, in the order above.
     pub peers: Vec<PeerDecision>,
     /// Metrics of what is ready now, over the whole directory.
     pub metrics: PeerMetrics,
+    /// Whether a path outside the local area is kept (behaviour 4).
     pub recovery: RecoveryStatus,
 }
 
 impl PeerPlan {
+    /// Peers kept on a direct path, in pick order.
     pub fn direct_peers(&self) -> Vec<NodeId> {
         self.peers
             .iter()
@@ -179,6 +214,7 @@ impl PeerPlan {
             .collect()
     }
 
+    /// Peers kept on a relayed path, in pick order.
     pub fn relay_peers(&self) -> Vec<NodeId> {
         self.peers
             .iter()
@@ -187,6 +223,7 @@ impl PeerPlan {
             .collect()
     }
 
+    /// The decision for `peer`, if it is in the directory.
     pub fn decision(&self, peer: &NodeId) -> Option<&PeerDecision> {
         self.peers.iter().find(|d| d.peer == *peer)
     }

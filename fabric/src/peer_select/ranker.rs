@@ -51,6 +51,7 @@ pub struct PlannerRanker {
 }
 
 impl PlannerRanker {
+    /// A ranker with no observations yet (a node without a peer cache).
     pub fn new() -> Self {
         Self::default()
     }

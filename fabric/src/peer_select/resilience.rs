@@ -9,14 +9,20 @@ use super::metrics::PeerMetrics;
 /// Mirrors `resilienceTarget` of a `FabricNode` manifest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ResilienceTarget {
+    /// Least `external_area_ready_count`: other areas reached over a ready direct path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_area_ready_count: Option<u32>,
+    /// Least `recovery_path_count`: peers outside the local area with a ready path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_path_count: Option<u32>,
+    /// Least `direct_ready_count`: peers with a ready direct path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_ready_count: Option<u32>,
+    /// Least `relay_ready_count`: peers reached only through a relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_ready_count: Option<u32>,
+    /// Least `independent_ingress_ready_count`: distinct public edges, other than
+    /// ours, behind which a peer has a ready path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub independent_ingress_ready_count: Option<u32>,
 }
@@ -25,14 +31,20 @@ pub struct ResilienceTarget {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
+    /// `direct_ready_count`.
     DirectReadyCount,
+    /// `relay_ready_count`.
     RelayReadyCount,
+    /// `external_area_ready_count`.
     ExternalAreaReadyCount,
+    /// `independent_ingress_ready_count`.
     IndependentIngressReadyCount,
+    /// `recovery_path_count`.
     RecoveryPathCount,
 }
 
 impl Metric {
+    /// Every metric, in the order reports list them.
     pub const ALL: [Metric; 5] = [
         Metric::DirectReadyCount,
         Metric::RelayReadyCount,
@@ -41,6 +53,7 @@ impl Metric {
         Metric::RecoveryPathCount,
     ];
 
+    /// The seed's name of the metric, as serialised.
     pub fn as_str(self) -> &'static str {
         match self {
             Metric::DirectReadyCount => "direct_ready_count",
@@ -51,6 +64,7 @@ impl Metric {
         }
     }
 
+    /// This metric's value in `m`.
     pub fn of(self, m: &PeerMetrics) -> u32 {
         match self {
             Metric::DirectReadyCount => m.direct_ready_count,
@@ -61,6 +75,7 @@ impl Metric {
         }
     }
 
+    /// This metric's target in `t`, if it sets one.
     pub fn target(self, t: &ResilienceTarget) -> Option<u32> {
         match self {
             Metric::DirectReadyCount => t.direct_ready_count,
@@ -81,18 +96,23 @@ impl std::fmt::Display for Metric {
 /// A target the node does not meet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct UnmetTarget {
+    /// The metric that falls short.
     pub metric: Metric,
+    /// Its target.
     pub wanted: u32,
+    /// Its current value, below `wanted`.
     pub actual: u32,
 }
 
 /// The result of [`evaluate`]: every unmet target, in [`Metric::ALL`] order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ResilienceReport {
+    /// Targets missed; empty when all are met.
     pub unmet: Vec<UnmetTarget>,
 }
 
 impl ResilienceReport {
+    /// Every target is met.
     pub fn is_met(&self) -> bool {
         self.unmet.is_empty()
     }

@@ -46,7 +46,11 @@ pub(crate) struct PeerFacts<'a> {
 }
 
 impl<'a> PeerFacts<'a> {
-    pub fn new(local: &LocalNode, peer: &'a PeerCandidate, observations: &Observations) -> Self {
+    pub(crate) fn new(
+        local: &LocalNode,
+        peer: &'a PeerCandidate,
+        observations: &Observations,
+    ) -> Self {
         let endpoints = classify_endpoints(&local.labels, peer, observations);
         let ready = PathReadiness::of(peer.id, observations);
         let best_probed = endpoints
@@ -81,11 +85,11 @@ impl<'a> PeerFacts<'a> {
         }
     }
 
-    pub fn id(&self) -> NodeId {
+    pub(crate) fn id(&self) -> NodeId {
         self.peer.id
     }
 
-    pub fn direct_viable(&self) -> bool {
+    pub(crate) fn direct_viable(&self) -> bool {
         self.tier > DirectTier::NotViable
     }
 }
@@ -99,7 +103,7 @@ pub(crate) struct Coverage {
 }
 
 impl Coverage {
-    pub fn add(&mut self, f: &PeerFacts<'_>) {
+    pub(crate) fn add(&mut self, f: &PeerFacts<'_>) {
         if f.outside {
             self.areas.insert(f.peer.labels.area.clone());
         }
@@ -108,12 +112,12 @@ impl Coverage {
     }
 
     /// Behaviour 1: a known area other than ours that no chosen peer is in yet.
-    pub fn new_area(&self, f: &PeerFacts<'_>) -> bool {
+    pub(crate) fn new_area(&self, f: &PeerFacts<'_>) -> bool {
         f.outside && !self.areas.contains(&f.peer.labels.area)
     }
 
     /// Behaviour 2: a public edge that is neither ours nor any chosen peer's.
-    pub fn new_ingress(&self, f: &PeerFacts<'_>, own: &IngressKey) -> bool {
+    pub(crate) fn new_ingress(&self, f: &PeerFacts<'_>, own: &IngressKey) -> bool {
         f.ingress != *own && !self.ingress.contains(&f.ingress)
     }
 }

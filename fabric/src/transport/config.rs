@@ -85,6 +85,7 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
+    /// The defaults for a node whose UDP socket binds `bind`: no labels, no relay role.
     pub fn new(bind: SocketAddr) -> Self {
         Self {
             bind,

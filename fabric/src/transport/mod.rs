@@ -37,13 +37,13 @@ use socket::FabricSocket;
 
 /// QUIC application close codes, so a peer's log says why we hung up.
 pub(crate) mod close_code {
-    pub const SHUTDOWN: u32 = 0;
-    pub const PATH_REPLACED: u32 = 1;
-    pub const RELAY_LOST: u32 = 2;
-    pub const IDENTITY: u32 = 3;
-    pub const DISCONNECT: u32 = 4;
-    pub const PROBE_DONE: u32 = 5;
-    pub const PEER_LIMIT: u32 = 6;
+    pub(crate) const SHUTDOWN: u32 = 0;
+    pub(crate) const PATH_REPLACED: u32 = 1;
+    pub(crate) const RELAY_LOST: u32 = 2;
+    pub(crate) const IDENTITY: u32 = 3;
+    pub(crate) const DISCONNECT: u32 = 4;
+    pub(crate) const PROBE_DONE: u32 = 5;
+    pub(crate) const PEER_LIMIT: u32 = 6;
 }
 
 /// A live, authenticated connection to a peer and how it is carried.
@@ -308,6 +308,7 @@ impl Transport {
         Ok(Self { inner })
     }
 
+    /// This node's id, the public half of its identity key.
     pub fn node_id(&self) -> NodeId {
         self.inner.node_id
     }
@@ -324,6 +325,8 @@ impl Transport {
         }
     }
 
+    /// Forgets a peer's node record and its dial counts (see [`Transport::probe_count`]).
+    /// Connections already open to it are left alone.
     pub fn remove_peer(&self, node: NodeId) {
         if let Ok(mut book) = self.inner.book.write() {
             book.remove(&node);

@@ -12,16 +12,16 @@ use fabric::transport::{Transport, TransportConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Upper bound for any single test step.
-pub const STEP: Duration = Duration::from_secs(20);
+pub(crate) const STEP: Duration = Duration::from_secs(20);
 
-pub struct Node {
+pub(crate) struct Node {
     pub t: Transport,
     pub id: NodeId,
     pub addr: SocketAddr,
     pub identity: NodeIdentity,
 }
 
-pub fn init_tracing() {
+pub(crate) fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -30,7 +30,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-pub fn test_config(relay: bool) -> TransportConfig {
+pub(crate) fn test_config(relay: bool) -> TransportConfig {
     let mut c = TransportConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
     c.relay = relay;
     c.connect_timeout = Duration::from_millis(800);
@@ -42,7 +42,7 @@ pub fn test_config(relay: bool) -> TransportConfig {
     c
 }
 
-pub async fn node_with(identity: NodeIdentity, config: TransportConfig) -> Node {
+pub(crate) async fn node_with(identity: NodeIdentity, config: TransportConfig) -> Node {
     init_tracing();
     let t = Transport::bind(&identity, config)
         .await
@@ -56,15 +56,15 @@ pub async fn node_with(identity: NodeIdentity, config: TransportConfig) -> Node 
     }
 }
 
-pub async fn node(relay: bool) -> Node {
+pub(crate) async fn node(relay: bool) -> Node {
     node_with(NodeIdentity::generate(), test_config(relay)).await
 }
 
-pub fn public(addr: SocketAddr) -> PeerInfo {
+pub(crate) fn public(addr: SocketAddr) -> PeerInfo {
     PeerInfo::public(addr)
 }
 
-pub fn relay_at(addr: SocketAddr) -> PeerInfo {
+pub(crate) fn relay_at(addr: SocketAddr) -> PeerInfo {
     PeerInfo {
         is_relay: true,
         ..public(addr)
@@ -72,7 +72,7 @@ pub fn relay_at(addr: SocketAddr) -> PeerInfo {
 }
 
 /// A loopback UDP port nobody listens on: QUIC to it never answers.
-pub fn closed_udp_port() -> SocketAddr {
+pub(crate) fn closed_udp_port() -> SocketAddr {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind probe");
     let addr = s.local_addr().expect("addr");
     drop(s);
@@ -80,7 +80,10 @@ pub fn closed_udp_port() -> SocketAddr {
 }
 
 /// Serves `service` on `t` by echoing every byte back, reporting each peer.
-pub fn spawn_echo(t: &Transport, service: &str) -> tokio::sync::mpsc::UnboundedReceiver<NodeId> {
+pub(crate) fn spawn_echo(
+    t: &Transport,
+    service: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<NodeId> {
     let mut listener = t.listen(service).expect("listen");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -97,7 +100,7 @@ pub fn spawn_echo(t: &Transport, service: &str) -> tokio::sync::mpsc::UnboundedR
 }
 
 /// Writes `msg` and reads the same number of bytes back.
-pub async fn round_trip<S>(ch: &mut S, msg: &[u8]) -> std::io::Result<Vec<u8>>
+pub(crate) async fn round_trip<S>(ch: &mut S, msg: &[u8]) -> std::io::Result<Vec<u8>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -109,7 +112,7 @@ where
 }
 
 /// Polls `f` every 50 ms until it returns true or `STEP` passes.
-pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + STEP;
     while !f() {
         assert!(
