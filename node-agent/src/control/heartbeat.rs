@@ -123,3 +123,88 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::updater::{UpdateStatus, UpdaterLiveness};
+    use fabric::topology::{NodeId, TopologyLabels};
+
+    fn status() -> NodeStatus {
+        NodeStatus::initial(
+            "n1",
+            NodeId([3; 32]),
+            "127.0.0.1:1".parse().expect("addr"),
+            &TopologyLabels::default(),
+            "fresh",
+        )
+    }
+
+    fn extras() -> HeartbeatExtras {
+        HeartbeatExtras {
+            agent_version: "0.1.0".into(),
+            host_agent_version: None,
+            peer_metrics: PeerMetrics::default(),
+            updater: UpdaterReport {
+                subscription: UpdaterSubscription::Gap,
+                supports_hint_wake: false,
+                status_at_ms: None,
+                update: None,
+            },
+        }
+    }
+
+    #[test]
+    fn the_updater_report_is_measured_not_a_literal() {
+        // No updater: a gap, no wake path.
+        let hb = heartbeat_from_status(&status(), &extras(), None, &[]);
+        assert_eq!(hb.updater.subscription, UpdaterSubscription::Gap);
+        assert!(!hb.updater.supports_hint_wake);
+        assert!(hb.health.is_none());
+
+        // A live updater with its update and the node's checks.
+        let mut s = status();
+        s.updater = Some(UpdaterLiveness {
+            alive: true,
+            status_at_ms: Some(42),
+            restarts: 1,
+            supports_hint_wake: true,
+            wakes: Default::default(),
+        });
+        s.update = Some(UpdateStatus {
+            state: "staged".into(),
+            intent: "i".into(),
+            generation: 3,
+            phase: "node-agent".into(),
+            version: "0.3.0".into(),
+            lease_id: None,
+            staged_sha256: Some("ab".repeat(32)),
+            reason: None,
+        });
+        s.health = Some(crate::status::health(&s, false));
+        let hb = heartbeat_from_status(&s, &extras(), None, &[]);
+        assert_eq!(hb.updater.subscription, UpdaterSubscription::Alive);
+        assert!(hb.updater.supports_hint_wake);
+        assert_eq!(hb.updater.status_at_ms, Some(42));
+        let u = hb.updater.update.expect("update");
+        assert_eq!((u.state.as_str(), u.generation), ("staged", 3));
+        let health = hb.health.expect("health");
+        assert!(!health.healthy);
+        assert!(health.failing.contains_key("directory"), "{health:?}");
+        assert!(health.failing.contains_key("registry"), "{health:?}");
+
+        // A wedged updater in a build without the wake path: both show.
+        s.updater = Some(UpdaterLiveness {
+            alive: false,
+            status_at_ms: Some(42),
+            restarts: 1,
+            supports_hint_wake: false,
+            wakes: Default::default(),
+        });
+        s.health = Some(crate::status::health(&s, true));
+        let hb = heartbeat_from_status(&s, &extras(), None, &[]);
+        assert_eq!(hb.updater.subscription, UpdaterSubscription::Gap);
+        assert!(!hb.updater.supports_hint_wake);
+        assert!(hb.health.expect("health").failing.contains_key("updater"));
+    }
+}
