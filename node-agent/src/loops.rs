@@ -83,10 +83,7 @@ impl ProbeLoop {
                 results,
                 interval,
             },
-            BackoffConfig {
-                base: interval,
-                cap: interval * PROBE_BACKOFF_INTERVALS,
-            },
+            BackoffConfig::new(interval, interval * PROBE_BACKOFF_INTERVALS),
             shutdown,
         )
     }
@@ -190,10 +187,7 @@ impl RedialLoop {
     ) -> (QueueHandle<NodeId>, JoinHandle<()>) {
         spawn_controller(
             RedialLoop { transport, planned },
-            BackoffConfig {
-                base: REDIAL_BASE,
-                cap: REDIAL_CAP,
-            },
+            BackoffConfig::new(REDIAL_BASE, REDIAL_CAP),
             shutdown,
         )
     }

@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-pub use queue::{Backoff, BackoffConfig, WorkQueue};
+pub use queue::{Backoff, BackoffConfig, Jitter, WorkQueue};
 
 /// What to do with a key after a reconcile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

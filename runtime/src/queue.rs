@@ -152,23 +152,46 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
     }
 }
 
-/// Exponential backoff parameters: `base * 2^(failures-1)`, at most `cap`.
+/// Exponential backoff parameters: `base * 2^(failures-1)`, at most `cap`,
+/// with [`Jitter`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackoffConfig {
     /// The delay after the first failure.
     pub base: Duration,
     /// The longest delay.
     pub cap: Duration,
+    /// How the delay is spread.
+    pub jitter: Jitter,
+}
+
+/// How a backoff delay is spread around its nominal value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Jitter {
+    /// Uniform in `[nominal / 2, nominal]` ("equal jitter"): a fleet whose
+    /// keys failed together (a store restart, a dead control edge) does not
+    /// retry in lockstep, and no delay exceeds the cap.
+    #[default]
+    Equal,
+    /// Exactly the nominal delay (tests that check the schedule).
+    None,
+}
+
+impl BackoffConfig {
+    /// `base` doubling to `cap`, with equal jitter.
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        BackoffConfig {
+            base,
+            cap,
+            jitter: Jitter::Equal,
+        }
+    }
 }
 
 impl Default for BackoffConfig {
     /// 500 ms doubling to 5 minutes: a broken object is retried quickly at
     /// first, then about every five minutes without hammering the store.
     fn default() -> Self {
-        BackoffConfig {
-            base: Duration::from_millis(500),
-            cap: Duration::from_secs(300),
-        }
+        BackoffConfig::new(Duration::from_millis(500), Duration::from_secs(300))
     }
 }
 
@@ -177,26 +200,51 @@ impl Default for BackoffConfig {
 pub struct Backoff<K> {
     config: BackoffConfig,
     failures: HashMap<K, u32>,
+    /// xorshift64* state for the jitter; seeded per instance from the
+    /// process's random hasher keys, so two nodes never share a sequence.
+    rng: u64,
 }
 
 impl<K: Clone + Eq + Hash> Backoff<K> {
     /// No failures yet.
     pub fn new(config: BackoffConfig) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0x9e37_79b9_7f4a_7c15);
         Backoff {
             config,
             failures: HashMap::new(),
+            rng: h.finish() | 1,
         }
     }
 
-    /// Records a failure of `key` and returns how long to wait before retrying.
+    /// Records a failure of `key` and returns how long to wait before retrying:
+    /// the nominal delay ([`Backoff::delay_for`]) spread by the jitter.
     pub fn on_error(&mut self, key: &K) -> Duration {
         let n = self.failures.entry(key.clone()).or_insert(0);
         *n = n.saturating_add(1);
         let n = *n;
-        self.delay_for(n)
+        let nominal = self.delay_for(n);
+        match self.config.jitter {
+            Jitter::None => nominal,
+            Jitter::Equal => {
+                let half = nominal / 2;
+                let r = self.next_unit();
+                half + (nominal - half).mul_f64(r)
+            }
+        }
     }
 
-    /// The delay after `failures` consecutive failures.
+    /// A uniform draw in `[0, 1)`.
+    fn next_unit(&mut self) -> f64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let x = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The nominal delay (before jitter) after `failures` consecutive failures.
     pub fn delay_for(&self, failures: u32) -> Duration {
         if failures == 0 {
             return Duration::ZERO;
@@ -304,6 +352,7 @@ mod tests {
         let mut b = Backoff::new(BackoffConfig {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(1),
+            jitter: Jitter::None,
         });
         let delays: Vec<_> = (0..6).map(|_| b.on_error(&"k")).collect();
         let ms: Vec<u128> = delays.iter().map(|d| d.as_millis()).collect();
@@ -317,11 +366,47 @@ mod tests {
 
     #[test]
     fn backoff_never_overflows() {
-        let b: Backoff<&str> = Backoff::new(BackoffConfig {
-            base: Duration::from_secs(1),
-            cap: Duration::from_secs(300),
-        });
+        let b: Backoff<&str> = Backoff::new(BackoffConfig::new(
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+        ));
         assert_eq!(b.delay_for(u32::MAX), Duration::from_secs(300));
         assert_eq!(b.delay_for(64), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn equal_jitter_spreads_each_delay_over_its_upper_half_never_past_the_cap() {
+        let cfg = BackoffConfig::new(Duration::from_millis(100), Duration::from_secs(1));
+        let mut b = Backoff::new(cfg);
+        let mut third = Vec::new();
+        for i in 0..2000 {
+            let key = i.to_string();
+            let d1 = b.on_error(&key);
+            assert!((50..=100).contains(&d1.as_millis()), "{d1:?}");
+            b.on_error(&key);
+            third.push(b.on_error(&key));
+            for _ in 0..5 {
+                assert!(b.on_error(&key) <= Duration::from_secs(1));
+            }
+        }
+        // The third failure's nominal delay is 400 ms: draws cover 200..400.
+        let ms: Vec<u128> = third.iter().map(|d| d.as_millis()).collect();
+        assert!(ms.iter().all(|m| (200..=400).contains(m)));
+        assert!(
+            *ms.iter().min().expect("min") < 220,
+            "spread reaches the bottom"
+        );
+        assert!(
+            *ms.iter().max().expect("max") > 380,
+            "spread reaches the top"
+        );
+        let mean = ms.iter().sum::<u128>() as f64 / ms.len() as f64;
+        assert!((280.0..320.0).contains(&mean), "uniform: mean {mean}");
+        // Two instances (two nodes) do not draw the same sequence.
+        let mut a = Backoff::new(cfg);
+        let mut c = Backoff::new(cfg);
+        let sa: Vec<_> = (0..8).map(|i| a.on_error(&i)).collect();
+        let sc: Vec<_> = (0..8).map(|i| c.on_error(&i)).collect();
+        assert_ne!(sa, sc);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fabric_runtime::{
-    Action, BackoffConfig, Controller, ControllerConfig, QueueHandle, Reconciler,
+    Action, BackoffConfig, Controller, ControllerConfig, Jitter, QueueHandle, Reconciler,
 };
 use tokio::time::Instant;
 
@@ -122,9 +122,11 @@ impl Stop {
 }
 
 fn backoff_100ms_to_1s() -> BackoffConfig {
+    // Exact delays: these tests check the schedule itself.
     BackoffConfig {
         base: Duration::from_millis(100),
         cap: Duration::from_secs(1),
+        jitter: Jitter::None,
     }
 }
 

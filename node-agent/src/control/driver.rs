@@ -303,10 +303,7 @@ impl ControlDriver {
             Arc::new(()),
             ControllerConfig {
                 concurrency: 1,
-                backoff: BackoffConfig {
-                    base: interval,
-                    cap: interval * MAX_BACKOFF_INTERVALS,
-                },
+                backoff: BackoffConfig::new(interval, interval * MAX_BACKOFF_INTERVALS),
                 shutdown_grace: Duration::from_secs(1),
                 // The session reports its failures in its state and status.
                 warn_on_failure: false,

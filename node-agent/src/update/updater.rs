@@ -651,10 +651,7 @@ impl Updater {
             Arc::new(()),
             ControllerConfig {
                 concurrency: 1,
-                backoff: BackoffConfig {
-                    base: Duration::from_millis(500),
-                    cap: Duration::from_secs(30),
-                },
+                backoff: BackoffConfig::new(Duration::from_millis(500), Duration::from_secs(30)),
                 shutdown_grace: Duration::from_secs(2),
                 warn_on_failure: true,
             },
