@@ -20,6 +20,7 @@ pub struct RecordAdmission {
 }
 
 impl RecordAdmission {
+    /// An admission that trusts `trust` and holds no records yet.
     pub fn new(trust: TrustAnchor) -> Self {
         RecordAdmission {
             trust,
@@ -28,6 +29,7 @@ impl RecordAdmission {
         }
     }
 
+    /// The trust root every envelope is checked against.
     pub fn trust(&self) -> &TrustAnchor {
         &self.trust
     }

@@ -67,13 +67,18 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// The node's one UDP socket.
     pub listen: SocketAddr,
+    /// Where the node sits (area, site, locality and NAT group); given to the
+    /// transport's path ranker, the node core and the status report.
     pub labels: TopologyLabels,
+    /// Act as a relay for other nodes (the node has the relay role).
     pub relay: bool,
+    /// The trust root every gossiped or seeded record is admitted against.
     pub trust: TrustAnchor,
     /// Peers to contact before the directory knows anyone.
     pub bootstrap: Vec<(NodeId, SocketAddr)>,
     /// Signed envelopes to admit at start (how a first node is seeded).
     pub seed_records: Vec<Vec<u8>>,
+    /// Gossip core tunables (round length, fanout, budgets).
     pub gossip: GossipConfig,
     /// Gossip partners kept besides the planned peers; `None` sizes it for
     /// the fleet (`node_core::default_partners`).
@@ -85,6 +90,7 @@ pub struct AgentConfig {
     /// Run the control session (heartbeats to the `control-api` providers of
     /// the signed directory, update hints back).
     pub control_session: bool,
+    /// Time between two heartbeats of the control session.
     pub heartbeat_interval: Duration,
     /// The in-process link to this node's own Control API, for a node
     /// co-located with the control plane (filled by the composition root once
@@ -102,6 +108,9 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// A config with production defaults: no bootstrap peers or seed records,
+    /// default labels, no relay role, a 5 s probe and heartbeat interval, the
+    /// control session and the updater (60 s poll, file wake, 6 fetch attempts) on.
     pub fn new(name: &str, state_dir: PathBuf, listen: SocketAddr, trust: TrustAnchor) -> Self {
         AgentConfig {
             name: name.to_owned(),
@@ -127,16 +136,23 @@ impl AgentConfig {
     }
 }
 
+/// Why [`start`] could not bring a node-agent up.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The state directory could not be created, or the bound socket's local
+    /// address could not be read.
     #[error("creating state directory {path}: {source}")]
     StateDir {
+        /// The directory (or `"local address"` for the socket case).
         path: String,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The node key in the state directory could not be loaded or created.
     #[error("node identity: {0}")]
     Identity(#[from] fabric::identity::IdentityError),
+    /// The transport could not bind its UDP socket or start.
     #[error("transport: {0}")]
     Transport(#[from] fabric::transport::TransportError),
 }
@@ -181,22 +197,27 @@ enum SupervisorMsg {
 }
 
 impl AgentHandle {
+    /// This node's id (derived from its key in the state directory).
     pub fn node_id(&self) -> NodeId {
         self.node_id
     }
 
+    /// The address the node's UDP socket is actually bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
+    /// A snapshot of the node's latest status report.
     pub fn status(&self) -> NodeStatus {
         self.status.borrow().clone()
     }
 
+    /// A watch that sees every status report the driver publishes.
     pub fn status_watch(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()
     }
 
+    /// The node's fabric transport, shared with the agent's own tasks.
     pub fn transport(&self) -> &Transport {
         &self.transport
     }

@@ -14,6 +14,7 @@ use fabric::path::PathKind;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// The cache's file name inside the node's state directory.
 pub const CACHE_FILE: &str = "peer-cache.json";
 const FORMAT: u32 = 1;
 
@@ -22,7 +23,10 @@ const FORMAT: u32 = 1;
 pub struct Observation {
     /// Unix milliseconds of the last message or probe answer from the peer.
     pub last_seen_ms: Option<u64>,
+    /// Round-trip time to the peer in milliseconds, as the transport last
+    /// measured it after a gossip send (`None` when no connection is up).
     pub rtt_ms: Option<u64>,
+    /// How the node last reached the peer (direct or through a relay).
     pub path: Option<PathKind>,
     /// Unix milliseconds of the last probe the peer answered as a service provider.
     #[serde(default)]
@@ -32,6 +36,8 @@ pub struct Observation {
     pub endpoint_failures: BTreeMap<String, u32>,
 }
 
+/// What the cache persists: the node's admitted records and its observations
+/// of peers (the checksummed part of the file).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CacheContent {
     /// Hex of each admitted envelope's bytes.
@@ -47,14 +53,19 @@ struct CacheFile {
     content: CacheContent,
 }
 
+/// Why [`save`] could not write the cache.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// The atomic write (temp file, fsync, rename) failed.
     #[error("writing peer cache {path}: {source}")]
     Write {
+        /// The cache file being written.
         path: String,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The content could not be serialized to JSON.
     #[error("encoding peer cache: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -62,15 +73,21 @@ pub enum CacheError {
 /// What loading found.
 #[derive(Debug)]
 pub enum Loaded {
+    /// There was no cache file; the node starts empty.
     Fresh,
+    /// The file parsed and matched its checksum; this is its content.
     Restored(CacheContent),
     /// The file was unusable and has been moved to `moved_to`.
     SetAside {
+        /// Why the file was refused (unreadable, not a peer cache, unknown
+        /// format, checksum mismatch).
         reason: String,
+        /// Where the file now is (`peer-cache.json.corrupt-<ms>`).
         moved_to: PathBuf,
     },
 }
 
+/// The cache file's path in `state_dir`.
 pub fn path_in(state_dir: &Path) -> PathBuf {
     state_dir.join(CACHE_FILE)
 }
@@ -79,6 +96,8 @@ fn checksum(content: &CacheContent) -> Result<String, serde_json::Error> {
     Ok(hex::encode(Sha256::digest(serde_json::to_vec(content)?)))
 }
 
+/// Writes `content` atomically (temp file, fsync, rename; mode 0600) with
+/// its format number and SHA-256 checksum.
 pub fn save(path: &Path, content: &CacheContent) -> Result<(), CacheError> {
     let file = CacheFile {
         format: FORMAT,

@@ -14,18 +14,26 @@ use fabric_schemas::{Envelope as SignedEnvelope, Spec};
 /// One node as its signed record describes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeEntry {
+    /// The node's name (the record's metadata.name).
     pub name: String,
+    /// The node's id, parsed from the record's `node_id`.
     pub node_id: NodeId,
+    /// The record's spec: labels, roles, endpoints.
     pub spec: FabricNodeSpec,
+    /// The record's generation.
     pub generation: u64,
+    /// When the record expires, in Unix seconds.
     pub expires_at: i64,
 }
 
 impl NodeEntry {
+    /// The node's topology labels, from its spec.
     pub fn labels(&self) -> TopologyLabels {
         labels_of(&self.spec)
     }
 
+    /// What the transport needs to reach the node: its endpoint candidates,
+    /// its labels and whether it has the relay role.
     pub fn peer_info(&self) -> PeerInfo {
         PeerInfo {
             candidates: candidates_of(&self.spec),
@@ -35,6 +43,7 @@ impl NodeEntry {
     }
 }
 
+/// The topology labels a node spec declares.
 pub fn labels_of(spec: &FabricNodeSpec) -> TopologyLabels {
     TopologyLabels {
         area: spec.area.clone(),
@@ -44,6 +53,9 @@ pub fn labels_of(spec: &FabricNodeSpec) -> TopologyLabels {
     }
 }
 
+/// The endpoint candidates a node spec declares; an address that does not
+/// parse is left out, and a private endpoint without its own locality or NAT
+/// group takes the node's.
 pub fn candidates_of(spec: &FabricNodeSpec) -> Vec<EndpointCandidate> {
     spec.endpoints
         .iter()
@@ -74,15 +86,20 @@ pub fn candidates_of(spec: &FabricNodeSpec) -> Vec<EndpointCandidate> {
 /// One service record.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceEntry {
+    /// The service record's own name (metadata.name), not the service's.
     pub record_name: String,
+    /// The record's spec: the service name and its providers.
     pub spec: ServiceRecordSpec,
+    /// The record's generation.
     pub generation: u64,
+    /// When the record expires, in Unix seconds.
     pub expires_at: i64,
 }
 
 /// Everything the node currently knows, rebuilt from the record store.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Directory {
+    /// Keyed by node name.
     pub nodes: BTreeMap<String, NodeEntry>,
     /// Keyed by service name (`control-api`, ...).
     pub services: BTreeMap<String, ServiceEntry>,
@@ -187,6 +204,7 @@ impl Directory {
         d
     }
 
+    /// The node whose record carries `id`, if the directory has one.
     pub fn node_by_id(&self, id: &NodeId) -> Option<&NodeEntry> {
         // A linear scan: directories are fleet-sized (the small-fleet rule)
         // and this runs per event, not per byte.

@@ -46,13 +46,19 @@ pub const CACHE_SAVE_INTERVAL_MS: u64 = 1_000;
 /// What the core needs to start.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
+    /// The node's name (its `FabricNode` metadata.name).
     pub name: String,
+    /// The node's id (from its key).
     pub node_id: NodeId,
+    /// The address the node's socket is bound to; reported as `listen` in status.
     pub local_addr: SocketAddr,
+    /// Where the node sits; used by the peer planner and reported in status.
     pub labels: TopologyLabels,
+    /// The trust root records are admitted against.
     pub trust: TrustAnchor,
     /// Peers to contact before the directory knows anyone.
     pub bootstrap: Vec<(NodeId, SocketAddr)>,
+    /// Gossip core tunables (round length, fanout, budgets).
     pub gossip: GossipConfig,
     /// Gossip partners kept besides the planned peers; `None` sizes it for
     /// the fleet ([`default_partners`]).
@@ -130,7 +136,10 @@ pub enum Effect {
     /// how many connections to other peers it accepts: beyond that, the door
     /// turns away channels from anyone else as `busy`.
     Budget {
+        /// Connections from unwanted peers the door still accepts
+        /// ([`NodeCore::inbound_allowance`]).
         inbound: usize,
+        /// The planned peers and gossip partners.
         wanted: BTreeSet<NodeId>,
     },
     /// What the updater reads changed: intents for this node, lease checks,
@@ -297,6 +306,7 @@ impl NodeCore {
         core
     }
 
+    /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.cfg.node_id
     }
@@ -307,6 +317,7 @@ impl NodeCore {
         &self.cache_state
     }
 
+    /// This node's name.
     pub fn name(&self) -> &str {
         &self.cfg.name
     }

@@ -22,12 +22,19 @@ use crate::directory::Directory;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RegistryStatus {
+    /// No core service record is held.
     Missing,
+    /// Core service records are held, but not every core service has a
+    /// provider that answered a live probe.
     CandidateOnly,
+    /// Every core service resolves to a verified, unexpired record with a
+    /// provider that answered a live probe.
     Active,
 }
 
 impl RegistryStatus {
+    /// The status as reported (`missing`, `candidate_only`, `active`), the
+    /// same spelling as its serde form.
     pub fn as_str(self) -> &'static str {
         match self {
             RegistryStatus::Missing => "missing",
@@ -44,9 +51,12 @@ pub struct ProbeResult {
     pub target: String,
     /// Unix milliseconds.
     pub at_ms: u64,
+    /// The provider answered (or is this node itself).
     pub ok: bool,
+    /// Milliseconds from sending the probe to the answer; only when `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtt_ms: Option<u64>,
+    /// Why the probe failed (`timed out`, a channel error); only when not `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -54,13 +64,17 @@ pub struct ProbeResult {
 /// What is known about probing one provider.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeState {
+    /// The latest probe, successful or not.
     pub last: Option<ProbeResult>,
     /// Unix milliseconds of the last successful probe, ever.
     pub last_ok_ms: Option<u64>,
+    /// Round-trip time of the last successful probe, in milliseconds.
     pub rtt_ms: Option<u64>,
 }
 
 impl ProbeState {
+    /// Takes in one probe outcome: it becomes `last`, and a success also
+    /// updates `last_ok_ms` and `rtt_ms`.
     pub fn record(&mut self, p: ProbeResult) {
         if p.ok {
             self.last_ok_ms = Some(p.at_ms);
@@ -79,6 +93,7 @@ impl ProbeState {
 /// The P1 observability report, spelled as the seed spells it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryReport {
+    /// The registry runtime status (`missing`, `candidate_only`, `active`).
     pub status: RegistryStatus,
     /// Service records with at least one live provider.
     pub active_records: usize,
@@ -86,6 +101,8 @@ pub struct RegistryReport {
     pub candidate_records: usize,
     /// Core service -> verified providers, live ones first.
     pub resolved_core_services: BTreeMap<String, Vec<String>>,
+    /// The latest successful probe of a provider; until one succeeds, the
+    /// first failed one.
     pub last_live_probe: Option<ProbeResult>,
 }
 
@@ -121,6 +138,10 @@ pub fn resolve(
     verified.into_iter().map(|(_, _, p)| p.clone()).collect()
 }
 
+/// The registry report from the directory and probe states at `now_ms`:
+/// counts of active and candidate service records, the resolved core
+/// services and the resulting [`RegistryStatus`]; `last_live_probe` is
+/// passed through.
 pub fn report(
     dir: &Directory,
     probes: &BTreeMap<String, ProbeState>,

@@ -43,9 +43,14 @@ pub const SIM_EPOCH_MS: u64 = 1_780_000_000_000;
 /// How a simulated fleet is built and run.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
+    /// Nodes in the fleet (areas `alpha`, `beta`, `gamma` in turn).
     pub nodes: usize,
+    /// The seed every key, record and random choice derives from.
     pub seed: u64,
+    /// Gossip round length in simulated milliseconds.
     pub round_ms: u64,
+    /// One-way message delay in simulated milliseconds, before jitter (up
+    /// to half of it again).
     pub latency_ms: u64,
     /// Messages lost per million.
     pub loss_ppm: u32,

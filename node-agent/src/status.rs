@@ -14,18 +14,31 @@ use serde::{Deserialize, Serialize};
 use crate::cache::Observation;
 use crate::registry::{RegistryReport, RegistryStatus};
 
+/// The status file's name inside the node's state directory.
 pub const STATUS_FILE: &str = "status.json";
 
+/// One status report of a node, as published on the status watch and written
+/// to [`STATUS_FILE`]; the node core builds it every round and the driver adds
+/// the updater, health and artifact fields.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
+    /// The node's name (its `FabricNode` metadata.name).
     pub name: String,
+    /// The node's id, as text.
     pub node_id: String,
+    /// The address the node's UDP socket is bound to.
     pub listen: String,
+    /// The node's failure-domain area label.
     pub area: String,
+    /// The node's site label.
     pub site_id: String,
+    /// The node's NAT group label.
     pub nat_group: String,
+    /// Unexpired records of every kind in the directory.
     pub directory_records: usize,
+    /// Nodes in the directory.
     pub directory_nodes: usize,
+    /// Services in the directory.
     pub directory_services: usize,
     /// Clashing records (two service records for one service, two node
     /// records with one key) and which one the directory kept.
@@ -37,9 +50,14 @@ pub struct NodeStatus {
     pub rejections: BTreeMap<String, u64>,
     /// Gossip-level refusals (includes oversize and digest mismatches).
     pub gossip_rejections: BTreeMap<String, u64>,
+    /// Records the gossip core accepted so far.
     pub gossip_accepted: u64,
+    /// How the peer cache was found at start (`fresh`, `restored N records`,
+    /// `corrupt (...)`).
     pub peer_cache: String,
+    /// What this node observed about each peer, keyed by node name.
     pub observations: BTreeMap<String, Observation>,
+    /// The node's TCP edge listeners, as the transport reports them.
     pub edge_listeners: Vec<EdgeEntry>,
     /// The seed's P3 metrics: `direct_ready_count`, `relay_ready_count`, ...
     pub peer_metrics: PeerMetrics,
@@ -78,10 +96,14 @@ pub struct NodeStatus {
     /// Artifact bytes this node served to others (`artifact` service).
     #[serde(default)]
     pub artifact_bytes_served: u64,
+    /// When the report was built, in Unix milliseconds (0 in the initial one).
     pub updated_ms: u64,
 }
 
 impl NodeStatus {
+    /// The report a node publishes before its first round: its identity,
+    /// address and labels, the peer cache state `cache`, an empty directory
+    /// and a `missing` registry.
     pub fn initial(
         name: &str,
         id: NodeId,
@@ -130,12 +152,15 @@ impl NodeStatus {
     }
 }
 
+/// Writes `status` atomically to [`STATUS_FILE`] in `state_dir` (pretty
+/// JSON, mode 0644).
 pub fn write(state_dir: &Path, status: &NodeStatus) -> Result<(), String> {
     let bytes = serde_json::to_vec_pretty(status).map_err(|e| e.to_string())?;
     fabric_schemas::keys::write_atomic(&state_dir.join(STATUS_FILE), &bytes, 0o644)
         .map_err(|e| e.to_string())
 }
 
+/// Reads the status last written to [`STATUS_FILE`] in `state_dir`.
 pub fn read(state_dir: &Path) -> Result<NodeStatus, String> {
     let bytes = std::fs::read(state_dir.join(STATUS_FILE)).map_err(|e| e.to_string())?;
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())

@@ -23,6 +23,7 @@
 //! Status is reported one way everywhere: [`status`] (`observedGeneration` +
 //! conditions).
 
+pub mod faults;
 pub mod queue;
 pub mod status;
 

@@ -15,6 +15,8 @@ pub struct ControlConfigFile {
     /// Fallback endpoints (`fabric://...` or a legacy `http://...` URL).
     #[serde(default)]
     pub fallback_endpoints: Vec<String>,
+    /// Consecutive failed heartbeats after which the session is replaced;
+    /// `None` means [`DEFAULT_MAX_FAILURES`].
     #[serde(default)]
     pub max_failures: Option<u32>,
     /// Bearer token for the legacy HTTP contract, if it requires one.
@@ -25,15 +27,32 @@ pub struct ControlConfigFile {
 /// Why the control config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// The config file exists but could not be read.
     #[error("reading control config {path}: {source}")]
     Read {
+        /// The config file.
         path: String,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// The config file is not valid JSON for [`ControlConfigFile`], or one of
+    /// its fallback endpoints does not parse.
     #[error("control config {path}: {reason}")]
-    Parse { path: String, reason: String },
+    Parse {
+        /// The config file.
+        path: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A control session to an endpoint could not be opened (connect failed
+    /// or timed out, or this node's own Control API is not up yet).
     #[error("control session to {endpoint}: {reason}")]
-    Session { endpoint: String, reason: String },
+    Session {
+        /// The endpoint the session was to.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl ControlConfigFile {
@@ -58,6 +77,9 @@ impl ControlConfigFile {
         })
     }
 
+    /// The session part of the config: the fallback endpoints parsed (any
+    /// that does not parse is a [`ControlError::Parse`] naming `path`) and
+    /// `max_failures` with its default filled in.
     pub fn session_config(&self, path: &Path) -> Result<SessionConfig, ControlError> {
         let fallback = self
             .fallback_endpoints
@@ -75,4 +97,6 @@ impl ControlConfigFile {
     }
 }
 
+/// Consecutive failed heartbeats that replace a session when the config
+/// file does not say.
 pub const DEFAULT_MAX_FAILURES: u32 = 3;

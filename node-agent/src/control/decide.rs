@@ -17,6 +17,7 @@ pub struct SessionConfig {
 /// The live control session as the driver holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LiveSession {
+    /// The control endpoint the session is open to.
     pub endpoint: ControlEndpoint,
     /// Consecutive failed heartbeats on this session (0 = last one answered).
     pub consecutive_failures: u32,
@@ -31,7 +32,9 @@ pub enum SessionAction {
     Connect(ControlEndpoint),
     /// Close the live session and open one to `to`.
     Reconnect {
+        /// The live session's endpoint, to close.
         from: ControlEndpoint,
+        /// The endpoint to open the new session to.
         to: ControlEndpoint,
     },
     /// Close the failing session; nothing to go to.

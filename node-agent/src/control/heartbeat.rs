@@ -14,6 +14,8 @@ use crate::status::NodeStatus;
 
 /// Builds the heartbeat for the live endpoint.
 pub trait HeartbeatSource: Send + Sync + 'static {
+    /// The heartbeat body to send now, naming `live` as the node's control
+    /// endpoint (if a session is up) and `recovery` as its recovery endpoints.
     fn heartbeat(
         &self,
         live: Option<&ControlEndpoint>,
@@ -24,11 +26,15 @@ pub trait HeartbeatSource: Send + Sync + 'static {
 /// What a node-agent adds to its [`NodeStatus`] to make a heartbeat.
 #[derive(Clone, Debug, Default)]
 pub struct HeartbeatExtras {
+    /// This node-agent's version (the agent fills in its crate version).
     pub agent_version: String,
+    /// The version of the host agent beside this node, if one is known.
     pub host_agent_version: Option<String>,
     /// Used when the status carries no peer plan yet (all zero); the agent's
     /// own planner metrics in [`NodeStatus::peer_metrics`] win otherwise.
     pub peer_metrics: PeerMetrics,
+    /// The updater report sent when the status has no measured updater
+    /// liveness (a node running without an updater).
     pub updater: UpdaterReport,
 }
 
@@ -101,7 +107,10 @@ pub fn heartbeat_from_status(
 
 /// A [`HeartbeatSource`] over a running agent's status.
 pub struct StatusHeartbeat {
+    /// The agent's status watch; each heartbeat reads its latest value.
     pub status: watch::Receiver<NodeStatus>,
+    /// What the heartbeat adds to the status (shared, so it can be changed
+    /// while the session runs).
     pub extras: Arc<std::sync::Mutex<HeartbeatExtras>>,
 }
 

@@ -10,7 +10,7 @@
 
 pub mod artifact;
 pub mod exchange;
-pub mod faults;
+pub use fabric_runtime::faults;
 pub mod intents;
 pub mod journal;
 pub mod machine;
