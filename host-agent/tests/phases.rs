@@ -1,0 +1,212 @@
+//! The host agent as a real process supervising real child processes: a
+//! build that exits at once and one that never becomes ready are rolled
+//! back with their reasons, one that passes is committed, a rolled-back
+//! digest is not retried for its generation, and `install` writes the unit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fabric_host_agent::agent::{ApplyRequest, ApplyResult, APPLY_REQUEST_FILE, APPLY_RESULT_FILE};
+use fabric_host_agent::slots::hash_reader;
+
+const HA: &str = env!("CARGO_BIN_EXE_fabric-host-agent");
+
+struct Reap(Child);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A "build": a script whose bytes (and so digest) differ by `tag`.
+fn build(dir: &Path, tag: &str, body: &str) -> (PathBuf, String, u64) {
+    let path = dir.join(tag);
+    std::fs::write(&path, format!("#!/bin/sh\n# build {tag}\n{body}\n")).expect("write");
+    let (size, sha) = hash_reader(std::fs::File::open(&path).expect("open")).expect("hash");
+    (path, sha, size)
+}
+
+/// Says READY=1 with its own digest, then WATCHDOG=1 while it runs.
+fn good(dir: &Path, tag: &str) -> (PathBuf, String, u64) {
+    build(
+        dir,
+        tag,
+        &format!(
+            "d=$(sha256sum \"$0\" | cut -d' ' -f1)\n\"{HA}\" notify --ready --digest \"$d\"\nwhile :; do \"{HA}\" notify --watchdog; sleep 0.2; done"
+        ),
+    )
+}
+
+fn current(host: &Path) -> Option<String> {
+    std::fs::read_link(host.join("current"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+fn wait_for<T>(what: &str, within: Duration, f: impl Fn() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn request(state: &Path, lease: &str, generation: u64, b: &(PathBuf, String, u64)) {
+    let req = ApplyRequest {
+        lease_id: lease.into(),
+        intent: "agent-next".into(),
+        generation,
+        sha256: b.1.clone(),
+        size: b.2,
+        artifact: b.0.clone(),
+    };
+    let dir = state.join("update");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let tmp = dir.join(".req");
+    std::fs::write(&tmp, serde_json::to_vec(&req).expect("json")).expect("write");
+    std::fs::rename(&tmp, dir.join(APPLY_REQUEST_FILE)).expect("rename");
+}
+
+fn result_for(state: &Path, lease: &str) -> ApplyResult {
+    wait_for(
+        &format!("the answer to {lease}"),
+        Duration::from_secs(30),
+        || {
+            let r: ApplyResult = serde_json::from_slice(
+                &std::fs::read(state.join("update").join(APPLY_RESULT_FILE)).ok()?,
+            )
+            .ok()?;
+            (r.lease_id == lease).then_some(r)
+        },
+    )
+}
+
+#[test]
+fn failing_builds_roll_back_with_their_reason_a_good_one_commits_and_a_rolled_back_digest_is_not_retried(
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, host) = (dir.path().join("node"), dir.path().join("host"));
+    let v1 = good(dir.path(), "v1");
+    let log = std::fs::File::create(dir.path().join("host-agent.log")).expect("log");
+    let _ha = Reap(
+        Command::new(HA)
+            .args([
+                "run",
+                "--ready-deadline-ms",
+                "1500",
+                "--probation-ms",
+                "500",
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--host-dir")
+            .arg(&host)
+            .arg("--node-agent")
+            .arg(&v1.0)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("host agent runs"),
+    );
+    let status = |state: &Path| -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(state.join("host-status.json")).ok()?).ok()
+    };
+    wait_for("v1 running and healthy", Duration::from_secs(20), || {
+        let s = status(&state)?;
+        (s["node_agent_digest"] == v1.1.as_str() && s["last_health_ms"].is_u64()).then_some(())
+    });
+    assert_eq!(current(&host).as_deref(), Some(v1.1.as_str()));
+    let mode = std::fs::metadata(host.join("slots").join(&v1.1).join("node-agent"))
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .expect("slot");
+    assert_eq!(mode, 0o555);
+
+    // Exits at once: rolled back, v1 runs again.
+    let crash = build(dir.path(), "crash", "exit 3");
+    request(&state, "l1", 2, &crash);
+    let r = result_for(&state, "l1");
+    assert_eq!(
+        (r.outcome.as_str(), r.reason.as_deref()),
+        ("rolled_back", Some("exited_before_ready"))
+    );
+    assert_eq!(current(&host).as_deref(), Some(v1.1.as_str()));
+
+    // Never ready: rolled back at the deadline.
+    let mute = build(dir.path(), "mute", "exec sleep 600");
+    let asked = Instant::now();
+    request(&state, "l2", 3, &mute);
+    let r = result_for(&state, "l2");
+    assert_eq!(
+        (r.outcome.as_str(), r.reason.as_deref()),
+        ("rolled_back", Some("no_readiness"))
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1500),
+        "not before the deadline"
+    );
+    assert_eq!(current(&host).as_deref(), Some(v1.1.as_str()));
+    wait_for("v1 healthy again", Duration::from_secs(20), || {
+        (status(&state)?["node_agent_digest"] == v1.1.as_str()).then_some(())
+    });
+
+    // Ready and alive through probation: committed.
+    let v2 = good(dir.path(), "v2");
+    request(&state, "l3", 4, &v2);
+    let r = result_for(&state, "l3");
+    assert_eq!((r.outcome.as_str(), r.reason), ("committed", None));
+    assert_eq!(current(&host).as_deref(), Some(v2.1.as_str()));
+    let prev = std::fs::read_link(host.join("previous")).expect("previous link");
+    assert!(prev.ends_with(&v1.1), "{prev:?}");
+
+    // The digest rolled back for generation 2 is refused without a swap.
+    request(&state, "l4", 2, &crash);
+    let r = result_for(&state, "l4");
+    assert_eq!(
+        (r.outcome.as_str(), r.reason.as_deref()),
+        ("rolled_back", Some("denylisted"))
+    );
+    assert_eq!(current(&host).as_deref(), Some(v2.1.as_str()));
+
+    // A file that is not what the request names is refused before the swap.
+    let mut lie = good(dir.path(), "lie");
+    lie.2 += 1;
+    request(&state, "l5", 5, &lie);
+    let r = result_for(&state, "l5");
+    assert_eq!(r.outcome, "rolled_back");
+    assert!(
+        r.reason
+            .as_deref()
+            .is_some_and(|s| s.starts_with("swap_refused")),
+        "{r:?}"
+    );
+    assert_eq!(current(&host).as_deref(), Some(v2.1.as_str()));
+}
+
+#[test]
+fn install_writes_the_systemd_unit_into_the_root() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(HA)
+        .args(["install", "--root"])
+        .arg(dir.path())
+        .args(["--", "--name", "n1", "--listen", "0.0.0.0:7100"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = std::fs::read_to_string(
+        dir.path()
+            .join("etc/systemd/system/fabric-host-agent.service"),
+    )
+    .expect("unit");
+    assert!(unit.contains("ExecStart=/usr/local/bin/fabric-host-agent run --state-dir /var/lib/fabric/node --host-dir /var/lib/fabric/host -- --name n1 --listen 0.0.0.0:7100"), "{unit}");
+    assert!(unit.contains("Restart=always"));
+    assert!(unit.contains("WantedBy=multi-user.target"));
+}
