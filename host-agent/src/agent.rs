@@ -179,10 +179,17 @@ impl HostAgent {
     /// the initial binary when nothing is current.
     pub fn new(cfg: HostConfig) -> Result<HostAgent, HostError> {
         let slots = Slots::new(&cfg.host_dir, "node-agent");
-        let journal: HostJournal = std::fs::read(cfg.host_dir.join("phase.json"))
+        let mut journal: HostJournal = std::fs::read(cfg.host_dir.join("phase.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        if journal.state.as_deref() == Some("applying") {
+            // A crash mid-apply: the request is done again from the start.
+            // Installing and switching are idempotent, and `current` names a
+            // complete slot whichever side of the switch the crash fell on.
+            tracing::warn!(lease_id = ?journal.lease_id, sha256 = ?journal.sha256, current = ?slots.current(), "an apply was interrupted; redoing it");
+            journal.lease_id = None;
+        }
         if slots.current().is_none() {
             let Some(initial) = &cfg.initial else {
                 return Err(HostError::NothingToRun(cfg.host_dir.display().to_string()));
@@ -244,6 +251,9 @@ impl HostAgent {
             .args(&self.cfg.args)
             .env("NOTIFY_SOCKET", self.notify.path())
             .env("FABRIC_SLOT_DIGEST", &sha)
+            // Its own process group: stopping it stops whatever it started,
+            // so nothing of an old build can speak for the new one.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| HostError::Io {
@@ -259,12 +269,12 @@ impl HostAgent {
         let Some(mut r) = self.running.take() else {
             return;
         };
-        if let Some(pid) = r
+        let group = r
             .child
             .id()
-            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32));
+        if let Some(pid) = group {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
         }
         if tokio::time::timeout(Duration::from_secs(5), r.child.wait())
             .await
@@ -272,6 +282,12 @@ impl HostAgent {
         {
             let _ = r.child.kill().await;
         }
+        if let Some(pid) = group {
+            // Anything it left behind in its group goes too.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        // What it said before it went is not about the next build.
+        self.notify.drain();
     }
 
     fn answer(&self, req: &ApplyRequest, outcome: &str, reason: Option<String>) {

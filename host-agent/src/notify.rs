@@ -68,6 +68,12 @@ impl NotifySocket {
         &self.path
     }
 
+    /// Discards every datagram already queued (from a child that is gone).
+    pub fn drain(&self) {
+        let mut buf = [0u8; 4096];
+        while self.sock.try_recv(&mut buf).is_ok() {}
+    }
+
     /// The next datagram's notices.
     pub async fn recv(&self) -> std::io::Result<Vec<Notice>> {
         let mut buf = vec![0u8; 4096];

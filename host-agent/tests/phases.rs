@@ -210,3 +210,100 @@ fn install_writes_the_systemd_unit_into_the_root() {
     assert!(unit.contains("Restart=always"));
     assert!(unit.contains("WantedBy=multi-user.target"));
 }
+
+/// Runs the host agent in its own process group, so a SIGKILL of the group
+/// takes its children with it (as a machine crash would).
+fn spawn_group(state: &Path, host: &Path, initial: &Path, pause: Option<(&str, &Path)>) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(HA);
+    cmd.args([
+        "run",
+        "--ready-deadline-ms",
+        "3000",
+        "--probation-ms",
+        "300",
+    ])
+    .arg("--state-dir")
+    .arg(state)
+    .arg("--host-dir")
+    .arg(host)
+    .arg("--node-agent")
+    .arg(initial)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .process_group(0);
+    if let Some((point, marker)) = pause {
+        cmd.env("FABRIC_PAUSE_AT", point)
+            .env("FABRIC_PAUSE_MARKER", marker);
+    }
+    cmd.spawn().expect("host agent runs")
+}
+
+fn kill_group(child: &mut Child) {
+    let pgid = child.id() as i32;
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status();
+    let _ = child.wait();
+}
+
+#[test]
+fn sigkill_at_every_write_point_of_a_switch_leaves_a_bootable_current_and_the_apply_completes() {
+    let points = [
+        "slot:written",
+        "slot:installed",
+        "apply:journal_saved",
+        "link:previous:temp",
+        "link:previous:renamed",
+        "link:current:temp",
+        "link:current:renamed",
+        "link:current:synced",
+        "apply:switched",
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, point) in points.iter().enumerate() {
+        let round = dir.path().join(format!("round-{i}"));
+        let (state, host) = (round.join("node"), round.join("host"));
+        std::fs::create_dir_all(&round).expect("mkdir");
+        let v1 = good(&round, "v1");
+        let v2 = good(&round, "v2");
+        // v1 is current; the apply of v2 is killed at `point`.
+        let mut ha = spawn_group(&state, &host, &v1.0, None);
+        wait_for("v1 current", Duration::from_secs(20), || {
+            (current(&host)? == v1.1).then_some(())
+        });
+        kill_group(&mut ha);
+        let marker = round.join("paused");
+        let mut ha = spawn_group(&state, &host, &v1.0, Some((point, &marker)));
+        request(&state, "l1", 2, &v2);
+        wait_for(point, Duration::from_secs(20), || {
+            marker.exists().then_some(())
+        });
+        kill_group(&mut ha);
+
+        // `current` names a complete slot, whichever side of the switch.
+        let cur = current(&host).expect("a current link");
+        assert!(cur == v1.1 || cur == v2.1, "{point}: current is {cur}");
+        let (_, got) = hash_reader(
+            std::fs::File::open(host.join("slots").join(&cur).join("node-agent")).expect("slot"),
+        )
+        .expect("hash");
+        assert_eq!(got, cur, "{point}: the current slot is whole");
+        let leftovers: Vec<_> = std::fs::read_dir(&host)
+            .expect("host dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            leftovers.iter().all(|n| n != "current.new"),
+            "{leftovers:?}"
+        );
+
+        // A restart finishes the apply.
+        let mut ha = spawn_group(&state, &host, &v1.0, None);
+        let r = result_for(&state, "l1");
+        assert_eq!(r.outcome, "committed", "{point}: {r:?}");
+        assert_eq!(current(&host).as_deref(), Some(v2.1.as_str()), "{point}");
+        kill_group(&mut ha);
+    }
+}
