@@ -85,12 +85,7 @@ impl NotifySocket {
 /// The child's end: sends `msg` to `NOTIFY_SOCKET`, if set. `Ok(false)`
 /// when there is no socket to tell (not supervised).
 pub fn send(msg: &str) -> std::io::Result<bool> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(false);
-    };
-    let sock = std::os::unix::net::UnixDatagram::unbound()?;
-    sock.send_to(msg.as_bytes(), PathBuf::from(path))?;
-    Ok(true)
+    fabric_runtime::supervisor::notify(msg)
 }
 
 #[cfg(test)]

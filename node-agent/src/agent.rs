@@ -427,6 +427,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         updater: updater_view,
         own_record: false,
         artifact_bytes_served: served,
+        host: None,
     };
     if driver.cfg.control_session {
         background.extend(spawn_control_session(
@@ -976,6 +977,8 @@ struct Driver {
     own_record: bool,
     /// Artifact bytes this node served to others.
     artifact_bytes_served: Arc<std::sync::atomic::AtomicU64>,
+    /// The host agent's last `host-status.json`, and when it was read.
+    host: Option<(std::time::Instant, Option<fabric_proto::host::HostStatus>)>,
 }
 
 /// What the core may read of the transport.
@@ -1117,6 +1120,7 @@ impl Driver {
                     status.artifact_bytes_served = self
                         .artifact_bytes_served
                         .load(std::sync::atomic::Ordering::Relaxed);
+                    status.host = self.host_status();
                     status.health = Some(crate::status::health(&status, self.own_record));
                     // status.json is for operators and scripts: once a second
                     // is plenty, and a write is a serialization and an fsync.
@@ -1143,6 +1147,21 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// The supervising host agent's status, re-read at most once a second.
+    fn host_status(&mut self) -> Option<fabric_proto::host::HostStatus> {
+        let fresh = self
+            .host
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < STATUS_FILE_INTERVAL);
+        if !fresh {
+            let read = std::fs::read(self.cfg.state_dir.join("host-status.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            self.host = Some((std::time::Instant::now(), read));
+        }
+        self.host.as_ref().and_then(|(_, h)| h.clone())
     }
 
     fn send(&mut self, o: gossip::Outgoing) {

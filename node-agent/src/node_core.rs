@@ -923,6 +923,7 @@ impl NodeCore {
             updater: None,
             health: None,
             artifact_bytes_served: 0,
+            host: None,
             updated_ms: now_ms,
         };
         let preferred = status

@@ -96,6 +96,10 @@ pub struct NodeStatus {
     /// Artifact bytes this node served to others (`artifact` service).
     #[serde(default)]
     pub artifact_bytes_served: u64,
+    /// What the supervising host agent reports (`host-status.json`, written
+    /// by it); `None` when no host agent runs this node.
+    #[serde(default)]
+    pub host: Option<fabric_proto::host::HostStatus>,
     /// When the report was built, in Unix milliseconds (0 in the initial one).
     pub updated_ms: u64,
 }
@@ -147,6 +151,7 @@ impl NodeStatus {
             updater: None,
             health: None,
             artifact_bytes_served: 0,
+            host: None,
             updated_ms: 0,
         }
     }

@@ -26,6 +26,7 @@
 pub mod faults;
 pub mod queue;
 pub mod status;
+pub mod supervisor;
 
 use std::collections::HashMap;
 use std::fmt::Debug;

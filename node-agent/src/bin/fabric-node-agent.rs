@@ -130,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let handle = start(cfg).await?;
     tracing::info!(name = %args.name, node_id = %handle.node_id(), addr = %handle.local_addr(), "node-agent running");
+    tell_supervisor();
     tokio::select! {
         r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; }
         _ = terminate() => {}
@@ -152,4 +153,45 @@ async fn terminate() {
 #[cfg(not(unix))]
 async fn terminate() {
     std::future::pending().await
+}
+
+/// Under a supervisor (the host agent, or systemd): `READY=1` with the
+/// digest of the binary that runs, measured here, then `WATCHDOG=1` every
+/// two seconds while the process lives.
+fn tell_supervisor() {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let digest = std::env::current_exe()
+        .and_then(std::fs::File::open)
+        .and_then(|f| {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            std::io::copy(&mut std::io::BufReader::new(f), &mut h)?;
+            Ok(hex::encode(h.finalize()))
+        });
+    let digest = match digest {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hash the running binary; readiness not reported");
+            return;
+        }
+    };
+    let ready = format!(
+        "READY=1\nDIGEST={digest}\nVERSION={}",
+        env!("CARGO_PKG_VERSION")
+    );
+    match fabric_runtime::supervisor::notify(&ready) {
+        Ok(_) => tracing::info!(%digest, "readiness sent to the supervisor"),
+        Err(e) => tracing::warn!(error = %e, "readiness not sent to the supervisor"),
+    }
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            if fabric_runtime::supervisor::notify("WATCHDOG=1").is_err() {
+                return;
+            }
+        }
+    });
 }

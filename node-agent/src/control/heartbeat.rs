@@ -51,10 +51,13 @@ pub fn heartbeat_from_status(
         node: status.name.clone(),
         node_id: status.node_id.clone(),
         agent_version: extras.agent_version.clone(),
-        host_agent_version: extras.host_agent_version.clone(),
-        // No host agent hands its status to this node yet: not built, so
-        // not reported.
-        host: None,
+        // What the supervising host agent wrote; absent without one.
+        host_agent_version: status
+            .host
+            .as_ref()
+            .map(|h| h.host_agent_version.clone())
+            .or_else(|| extras.host_agent_version.clone()),
+        host: status.host.clone(),
         fabric_control_endpoint: live.map(|e| e.to_string()),
         control_recovery_endpoints: recovery.iter().map(|e| e.to_string()).collect(),
         inter_node_transport: QUIC_UDP.to_owned(),
