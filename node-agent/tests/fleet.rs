@@ -26,7 +26,17 @@ async fn wait_for(
             return;
         }
         if start.elapsed() > timeout {
-            panic!("{what}: still waiting on {laggards:?} after {timeout:?}");
+            let detail: Vec<String> = statuses
+                .iter()
+                .filter(|s| !ok(s))
+                .map(|s| {
+                    format!(
+                        "{}: {} records, registry {:?}, refused {}",
+                        s.name, s.directory_records, s.registry.status, s.refused_channels
+                    )
+                })
+                .collect();
+            panic!("{what}: still waiting on {laggards:?} after {timeout:?}: {detail:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

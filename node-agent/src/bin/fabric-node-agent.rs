@@ -130,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let handle = start(cfg).await?;
     tracing::info!(name = %args.name, node_id = %handle.node_id(), addr = %handle.local_addr(), "node-agent running");
-    tell_supervisor();
+    tell_supervisor().await;
     tokio::select! {
         r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; }
         _ = terminate() => {}
@@ -158,24 +158,18 @@ async fn terminate() {
 /// Under a supervisor (the host agent, or systemd): `READY=1` with the
 /// digest of the binary that runs, measured here, then `WATCHDOG=1` every
 /// two seconds while the process lives.
-fn tell_supervisor() {
+async fn tell_supervisor() {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
-    let digest = std::env::current_exe()
-        .and_then(std::fs::File::open)
-        .and_then(|f| {
-            use sha2::{Digest, Sha256};
-            let mut h = Sha256::new();
-            std::io::copy(&mut std::io::BufReader::new(f), &mut h)?;
-            Ok(hex::encode(h.finalize()))
-        });
-    let digest = match digest {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot hash the running binary; readiness not reported");
-            return;
-        }
+    let digest =
+        tokio::task::spawn_blocking(fabric_node_agent::update::artifact::running_binary_sha256)
+            .await
+            .ok()
+            .flatten();
+    let Some(digest) = digest else {
+        tracing::warn!("cannot hash the running binary; readiness not reported");
+        return;
     };
     let ready = format!(
         "READY=1\nDIGEST={digest}\nVERSION={}",

@@ -498,6 +498,29 @@ pub fn hash_file(path: &Path) -> Result<(u64, String), ArtifactError> {
     Ok((total, hex::encode(h.finalize())))
 }
 
+/// The SHA-256 of the binary this process runs, hashed once per process on
+/// first use (a test binary hosting many in-process agents hashes itself
+/// once, not once per agent) and `None` when it cannot be read. Hashing is
+/// blocking file I/O: call it off the async workers.
+pub fn running_binary_sha256() -> Option<String> {
+    static RUNNING: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    RUNNING
+        .get_or_init(|| match std::env::current_exe() {
+            Ok(p) => match hash_file(&p) {
+                Ok((_, h)) => Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hash the running binary");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find the running binary");
+                None
+            }
+        })
+        .clone()
+}
+
 /// The digests of a file's pieces at `piece_size`.
 pub fn digests_of_file(path: &Path, piece_size: u64) -> Result<Vec<[u8; 32]>, ArtifactError> {
     let mut f = File::open(path).map_err(ArtifactStore::io(path))?;

@@ -276,7 +276,6 @@ struct Shared {
     fetch: Mutex<FetchSlot>,
     status: watch::Sender<Option<UpdateStatus>>,
     liveness: Arc<Liveness>,
-    running_sha256: Option<String>,
     queue: Mutex<Option<QueueHandle<()>>>,
     /// Set when this updater was killed or stopped: a pass still running
     /// must not save over the journal of the updater that replaced it.
@@ -464,14 +463,16 @@ impl Shared {
                 lease: inputs.lease_for(&h.intent),
                 artifact: self.artifact_view(&h.intent),
                 host: self.read_host_outcome(),
-                running_sha256: self.running_sha256.clone(),
+                // Only an updater holding an intent needs it (it records the
+                // build it replaces): idle nodes never hash themselves.
+                running_sha256: super::artifact::running_binary_sha256(),
             },
             None => Observed {
                 intent: None,
                 lease: machine::LeaseView::None,
                 artifact: ArtifactView::Missing,
                 host: None,
-                running_sha256: self.running_sha256.clone(),
+                running_sha256: None,
             },
         };
         let decision = machine::decide(&journal, &seen);
@@ -625,10 +626,6 @@ impl Updater {
         if let Some(a) = &journal.attempt {
             tracing::info!(node = %cfg.name, intent = %a.intent.name, generation = a.intent.generation, state = a.state.as_str(), starts = a.starts, "update journal read");
         }
-        let running_sha256 = std::env::current_exe()
-            .ok()
-            .and_then(|p| super::artifact::hash_file(&p).ok())
-            .map(|(_, h)| h);
         let shared = Arc::new(Shared {
             store: ArtifactStore::new(&cfg.state_dir.join("artifacts")),
             journal_file,
@@ -637,7 +634,6 @@ impl Updater {
             fetch: Mutex::new(FetchSlot::default()),
             status,
             liveness,
-            running_sha256,
             queue: Mutex::new(None),
             killed: std::sync::atomic::AtomicBool::new(false),
             transport,
