@@ -46,6 +46,12 @@ pub struct FleetOptions {
     pub updater_poll: Duration,
     /// Failed fetches of one artifact before an update attempt is aborted.
     pub updater_fetch_attempts: u32,
+    /// How long an apply may go unanswered (no host agent) before the
+    /// attempt is rolled back as `apply_timeout`.
+    pub updater_apply_timeout: Duration,
+    /// Seed every signed record into the first node (`false`: a publisher
+    /// delivers them, as under `fabricctl up`).
+    pub seed_records: bool,
 }
 
 impl FleetOptions {
@@ -60,6 +66,8 @@ impl FleetOptions {
             record_ttl: Duration::from_secs(24 * 3600),
             updater_poll: Duration::from_secs(10),
             updater_fetch_attempts: 6,
+            updater_apply_timeout: Duration::from_secs(600),
+            seed_records: true,
         }
     }
 }
@@ -79,6 +87,9 @@ pub enum FleetError {
     /// A node-agent failed to start.
     #[error(transparent)]
     Agent(#[from] agent::AgentError),
+    /// The node runs inside a co-located control plane now.
+    #[error("node {0:?} was handed to the co-located control plane; restart it there")]
+    Detached(String),
 }
 
 fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> FleetError + '_ {
@@ -101,6 +112,11 @@ pub struct Member {
     pub handle: Option<AgentHandle>,
     /// Bootstrap peers to use instead of the fleet's (for tests of joining).
     pub bootstrap_override: Option<Vec<(NodeId, SocketAddr)>>,
+    /// The node's in-process control link (installed by a co-located
+    /// control plane; see [`LocalFleet::detach`]).
+    pub local_control: fabric_node_agent::control::LocalControlSlot,
+    /// Handed to a co-located control plane: the fleet no longer runs it.
+    pub detached: bool,
 }
 
 /// A whole fleet on one machine (see the module docs).
@@ -175,6 +191,8 @@ impl LocalFleet {
                 addr: SocketAddr::new(opts.host, 0),
                 handle: None,
                 bootstrap_override: None,
+                local_control: Default::default(),
+                detached: false,
             });
         }
         let mut fleet = LocalFleet {
@@ -196,6 +214,9 @@ impl LocalFleet {
             }
         }
         fleet.records = fleet.sign_all(objects)?;
+        if !fleet.opts.seed_records {
+            return Ok(fleet);
+        }
         let seed = fleet.members[0]
             .handle
             .as_ref()
@@ -229,6 +250,8 @@ impl LocalFleet {
         cfg.heartbeat_interval = self.opts.heartbeat_interval;
         cfg.updater_poll = self.opts.updater_poll;
         cfg.updater_fetch_attempts = self.opts.updater_fetch_attempts;
+        cfg.updater_apply_timeout = self.opts.updater_apply_timeout;
+        cfg.local_control = m.local_control.clone();
         let mut tc = TransportConfig::new(m.addr);
         tc.connect_timeout = Duration::from_secs(2);
         tc.idle_timeout = Duration::from_secs(10);
@@ -339,6 +362,22 @@ impl LocalFleet {
         self.member(name).and_then(|m| m.handle.as_ref())
     }
 
+    /// Hands a running node to a co-located control plane (a reconciler
+    /// replica): its agent and its in-process control link. The fleet keeps
+    /// its record and address but no longer runs, stops or lists it.
+    pub fn detach(
+        &mut self,
+        name: &str,
+    ) -> Result<(AgentHandle, fabric_node_agent::control::LocalControlSlot), FleetError> {
+        let i = self.index(name)?;
+        let m = &mut self.members[i];
+        let handle = m.handle.take().ok_or_else(|| {
+            FleetError::Setup(format!("node {name:?} is not running; cannot hand it over"))
+        })?;
+        m.detached = true;
+        Ok((handle, m.local_control.clone()))
+    }
+
     /// Stops one node (saving its cache), as a crash of its machine would not.
     pub async fn stop_node(&mut self, name: &str) -> Result<(), FleetError> {
         let i = self.index(name)?;
@@ -358,6 +397,9 @@ impl LocalFleet {
         let i = self.index(name)?;
         if self.members[i].handle.is_some() {
             return Ok(());
+        }
+        if self.members[i].detached {
+            return Err(FleetError::Detached(name.to_owned()));
         }
         let deadline = tokio::time::Instant::now() + REBIND_WINDOW;
         loop {

@@ -85,6 +85,10 @@ pub struct ReplicaConfig {
     pub api: Option<ApiConfig>,
     /// The rollout driver the leader runs; `None`: rollouts are not driven.
     pub rollouts: Option<RolloutLoop>,
+    /// The process's edge inventory, when several replicas share a process
+    /// (`fabricctl up`): one inventory per process, so each listener audit
+    /// knows every listener the process opened. `None`: a fresh one.
+    pub inventory: Option<EdgeInventory>,
 }
 
 impl ReplicaConfig {
@@ -95,6 +99,7 @@ impl ReplicaConfig {
             node: None,
             api: None,
             rollouts: None,
+            inventory: None,
         }
     }
 }
@@ -134,8 +139,9 @@ impl Replica {
         signer: Signer,
         cfg: ReplicaConfig,
     ) -> Result<Replica, ReplicaError> {
+        let mut cfg = cfg;
         let mut local_control = None;
-        let agent = match cfg.node {
+        let agent = match cfg.node.take() {
             Some(node) => {
                 let name = node.name.clone();
                 local_control = Some(node.local_control.clone());
@@ -150,6 +156,30 @@ impl Replica {
             }
             None => None,
         };
+        Self::assemble(store, signer, cfg, agent, local_control).await
+    }
+
+    /// Like [`Replica::start`] around a node-agent that already runs (a
+    /// local fleet's node, `fabricctl up`): `slot` is the `local_control`
+    /// slot of the config it was started with. `cfg.node` is ignored.
+    pub async fn start_with_agent(
+        store: Arc<dyn Store>,
+        signer: Signer,
+        mut cfg: ReplicaConfig,
+        agent: AgentHandle,
+        slot: fabric_node_agent::control::LocalControlSlot,
+    ) -> Result<Replica, ReplicaError> {
+        cfg.node = None;
+        Self::assemble(store, signer, cfg, Some(Arc::new(agent)), Some(slot)).await
+    }
+
+    async fn assemble(
+        store: Arc<dyn Store>,
+        signer: Signer,
+        cfg: ReplicaConfig,
+        agent: Option<Arc<AgentHandle>>,
+        local_control: Option<fabric_node_agent::control::LocalControlSlot>,
+    ) -> Result<Replica, ReplicaError> {
         let sink: Arc<dyn RecordSink> = match &agent {
             Some(a) => Arc::new(AgentSink::new(vec![
                 Arc::new(AgentInjector(a.clone())) as Arc<dyn RecordInjector>
@@ -161,7 +191,7 @@ impl Replica {
         };
         // One inventory for every edge this process opens, so the audit can
         // tell registered listeners from unclassified ones.
-        let inventory = EdgeInventory::new();
+        let inventory = cfg.inventory.clone().unwrap_or_default();
         let api = match cfg.api {
             Some(api_cfg) => {
                 let transport = agent.as_ref().map(|a| a.transport().clone());

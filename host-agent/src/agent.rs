@@ -142,6 +142,56 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), HostError> {
     fabric_schemas::keys::write_atomic(path, &bytes, 0o644).map_err(|e| io(e.to_string()))
 }
 
+/// The running node-agent's process id (its process group), so a host agent
+/// restarted after a crash can stop what the previous one left running.
+pub const CHILD_FILE: &str = "child.pid";
+
+/// Stops a node-agent that a previous host agent started and left running
+/// (it was killed, or crashed): two node-agents must never run for one
+/// node. The pid is only acted on while `/proc/<pid>/cmdline` names a file
+/// under `slots_dir`, so a recycled pid is never signalled.
+fn reap_orphan(host_dir: &Path, slots_dir: &Path) {
+    let file = host_dir.join(CHILD_FILE);
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return;
+    };
+    let remove = || {
+        if let Err(e) = std::fs::remove_file(&file) {
+            tracing::warn!(path = %file.display(), error = %e, "cannot remove the child pid file");
+        }
+    };
+    let Some(pid) = text
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        tracing::warn!(path = %file.display(), "child pid file unreadable; ignored");
+        remove();
+        return;
+    };
+    let ours = |pid: rustix::process::Pid| {
+        std::fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero()))
+            .ok()
+            .is_some_and(|c| {
+                let needle = slots_dir.as_os_str().as_encoded_bytes();
+                c.windows(needle.len()).any(|w| w == needle)
+            })
+    };
+    if !ours(pid) {
+        remove();
+        return;
+    }
+    tracing::warn!(pid = pid.as_raw_nonzero().get(), "a node-agent left running by a previous host agent; stopping its process group before starting one");
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ours(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    remove();
+}
+
 enum Woke {
     Exited(Option<std::process::ExitStatus>),
     Notices(Vec<Notice>),
@@ -206,6 +256,7 @@ impl HostAgent {
             slots.switch_to(&sha)?;
             tracing::info!(sha256 = %sha, "installed the initial node-agent slot");
         }
+        reap_orphan(&cfg.host_dir, &cfg.host_dir.join("slots"));
         let notify = NotifySocket::bind(&cfg.host_dir.join("notify.sock")).map_err(|source| {
             HostError::Io {
                 what: "binding the notify socket".into(),
@@ -261,6 +312,18 @@ impl HostAgent {
                 source,
             })?;
         tracing::info!(sha256 = %sha, pid = ?child.id(), "node-agent started");
+        if let Some(pid) = child.id() {
+            // Written after the spawn: a crash between the two leaves a
+            // child nobody reaps but the session's end (systemd's
+            // KillMode=control-group); the window is one write.
+            if let Err(e) = fabric_schemas::keys::write_atomic(
+                &self.cfg.host_dir.join(CHILD_FILE),
+                format!("{pid}\n").as_bytes(),
+                0o644,
+            ) {
+                tracing::warn!(error = %e, "cannot record the node-agent's pid");
+            }
+        }
         self.running = Some(Running { child, sha });
         Ok(())
     }
@@ -286,6 +349,7 @@ impl HostAgent {
             // Anything it left behind in its group goes too.
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
+        let _ = std::fs::remove_file(self.cfg.host_dir.join(CHILD_FILE));
         // What it said before it went is not about the next build.
         self.notify.drain();
     }

@@ -12,11 +12,16 @@ use fabric_host_agent::slots::hash_reader;
 
 const HA: &str = env!("CARGO_BIN_EXE_fabric-host-agent");
 
-struct Reap(Child);
+/// Kills the host agent and every node-agent of its host folder at the end
+/// of a test, however it ends.
+struct Reap(Child, PathBuf);
 impl Drop for Reap {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        for pid in slot_processes(&self.1) {
+            sigkill(pid);
+        }
     }
 }
 
@@ -112,6 +117,7 @@ fn failing_builds_roll_back_with_their_reason_a_good_one_commits_and_a_rolled_ba
             .stderr(log)
             .spawn()
             .expect("host agent runs"),
+        host.clone(),
     );
     let status = |state: &Path| -> Option<serde_json::Value> {
         serde_json::from_slice(&std::fs::read(state.join("host-status.json")).ok()?).ok()
@@ -239,12 +245,74 @@ fn spawn_group(state: &Path, host: &Path, initial: &Path, pause: Option<(&str, &
     cmd.spawn().expect("host agent runs")
 }
 
-fn kill_group(child: &mut Child) {
+/// The processes running a slot of `host` (their command line names it).
+fn slot_processes(host: &Path) -> Vec<u32> {
+    let needle = host.join("slots");
+    let needle = needle.as_os_str().as_encoded_bytes();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn sigkill(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+}
+
+/// A machine crash: the host agent's group and every node-agent of `host`
+/// (which runs in a process group of its own).
+fn kill_group(child: &mut Child, host: &Path) {
     let pgid = child.id() as i32;
     let _ = Command::new("kill")
         .args(["-KILL", "--", &format!("-{pgid}")])
         .status();
     let _ = child.wait();
+    for pid in slot_processes(host) {
+        sigkill(pid);
+    }
+}
+
+#[test]
+fn a_restarted_host_agent_stops_the_node_agent_its_killed_predecessor_left_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, host) = (dir.path().join("node"), dir.path().join("host"));
+    let v1 = good(dir.path(), "v1");
+    let mut ha = spawn_group(&state, &host, &v1.0, None);
+    let orphan = wait_for("v1 running", Duration::from_secs(20), || {
+        slot_processes(&host).first().copied()
+    });
+    // Only the host agent dies; its node-agent lives on in its own group.
+    sigkill(ha.id());
+    let _ = ha.wait();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        slot_processes(&host).contains(&orphan),
+        "the node-agent outlives its host agent"
+    );
+    let mut ha = spawn_group(&state, &host, &v1.0, None);
+    let fresh = wait_for(
+        "exactly one node-agent, not the orphan",
+        Duration::from_secs(20),
+        || match slot_processes(&host).as_slice() {
+            [one] if *one != orphan => Some(*one),
+            _ => None,
+        },
+    );
+    assert_ne!(fresh, orphan);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(slot_processes(&host), vec![fresh], "never two node-agents");
+    kill_group(&mut ha, &host);
+    assert!(slot_processes(&host).is_empty());
 }
 
 #[test]
@@ -272,14 +340,14 @@ fn sigkill_at_every_write_point_of_a_switch_leaves_a_bootable_current_and_the_ap
         wait_for("v1 current", Duration::from_secs(20), || {
             (current(&host)? == v1.1).then_some(())
         });
-        kill_group(&mut ha);
+        kill_group(&mut ha, &host);
         let marker = round.join("paused");
         let mut ha = spawn_group(&state, &host, &v1.0, Some((point, &marker)));
         request(&state, "l1", 2, &v2);
         wait_for(point, Duration::from_secs(20), || {
             marker.exists().then_some(())
         });
-        kill_group(&mut ha);
+        kill_group(&mut ha, &host);
 
         // `current` names a complete slot, whichever side of the switch.
         let cur = current(&host).expect("a current link");
@@ -304,6 +372,6 @@ fn sigkill_at_every_write_point_of_a_switch_leaves_a_bootable_current_and_the_ap
         let r = result_for(&state, "l1");
         assert_eq!(r.outcome, "committed", "{point}: {r:?}");
         assert_eq!(current(&host).as_deref(), Some(v2.1.as_str()), "{point}");
-        kill_group(&mut ha);
+        kill_group(&mut ha, &host);
     }
 }

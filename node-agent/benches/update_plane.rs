@@ -62,6 +62,7 @@ fn journal(i: u32) -> Journal {
             transitions: i,
             starts: 1,
             denylist: vec![],
+            applying_since_ms: None,
         }),
         last_known_good: None,
         previous_binary: Some("cd".repeat(32)),

@@ -105,6 +105,9 @@ pub struct AgentConfig {
     pub updater_file_wake: bool,
     /// Failed fetches of one artifact before the attempt is aborted.
     pub updater_fetch_attempts: u32,
+    /// How long an apply request may go unanswered while this build runs
+    /// before the attempt is rolled back as `apply_timeout`.
+    pub updater_apply_timeout: Duration,
 }
 
 impl AgentConfig {
@@ -132,6 +135,9 @@ impl AgentConfig {
             updater_poll: Duration::from_secs(60),
             updater_file_wake: true,
             updater_fetch_attempts: 6,
+            updater_apply_timeout: Duration::from_millis(
+                crate::update::machine::DEFAULT_APPLY_TIMEOUT_MS,
+            ),
         }
     }
 }
@@ -383,6 +389,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
             poll: cfg.updater_poll,
             file_wake: cfg.updater_file_wake,
             max_fetch_attempts: cfg.updater_fetch_attempts,
+            apply_timeout: cfg.updater_apply_timeout,
             ..UpdaterConfig::new(&cfg.name, &cfg.state_dir)
         };
         let (status_tx, status_rx) = watch::channel(None);

@@ -65,6 +65,7 @@ fn journal(starts: u32) -> Journal {
             transitions: 2,
             starts,
             denylist: vec![],
+            applying_since_ms: None,
         }),
         last_known_good: None,
         previous_binary: None,

@@ -70,6 +70,11 @@ struct Args {
     /// Run no updater at all (heartbeats then report an updater gap).
     #[arg(long)]
     no_updater: bool,
+    /// How long an apply request may go unanswered (no host agent took it)
+    /// while this build runs before the attempt is rolled back as
+    /// `apply_timeout`; e.g. 90s, 10m.
+    #[arg(long, default_value = "10m")]
+    updater_apply_timeout: String,
 }
 
 fn parse_bootstrap(s: &str) -> anyhow::Result<(NodeId, SocketAddr)> {
@@ -115,6 +120,10 @@ async fn main() -> anyhow::Result<()> {
     cfg.probe_interval = Duration::from_millis(args.probe_ms.max(100));
     cfg.updater = !args.no_updater;
     cfg.updater_poll = Duration::from_millis(args.updater_poll_ms.max(100));
+    cfg.updater_apply_timeout = Duration::from_secs(
+        fabric_schemas::time::parse_duration(&args.updater_apply_timeout)
+            .context("--updater-apply-timeout")? as u64,
+    );
     cfg.updater_file_wake = !args.no_updater_file_wake;
     if let Some(dir) = &args.seed_dir {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -188,6 +188,7 @@ mod tests {
                 transitions: 2,
                 starts: 1,
                 denylist: vec![],
+                applying_since_ms: None,
             }),
             last_known_good: None,
             previous_binary: None,

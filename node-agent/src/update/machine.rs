@@ -38,6 +38,12 @@ pub const MAX_STARTS: u32 = 5;
 
 /// The reason a `blocked` attempt without a lease reports.
 pub const AWAITING_LEASE: &str = "awaiting_lease";
+/// The reason of an apply the host agent never answered.
+pub const APPLY_TIMEOUT: &str = "apply_timeout";
+/// How long an apply may go unanswered while the old build still runs, by
+/// default: far past the host agent's readiness deadline and probation
+/// (30 s + 10 s), so only an absent or wedged host agent reaches it.
+pub const DEFAULT_APPLY_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 
 /// The intent the node holds for one component: accepted by `accept`, in the
 /// node's own target and scope.
@@ -131,6 +137,11 @@ pub struct Observed {
     pub host: Option<HostOutcome>,
     /// The sha256 of the build running now (what a rollback restores).
     pub running_sha256: Option<String>,
+    /// The time of this observation (ms since the epoch).
+    pub now_ms: u64,
+    /// How long an apply may go unanswered while the old build still runs
+    /// before it is given up as [`APPLY_TIMEOUT`].
+    pub apply_timeout_ms: u64,
 }
 
 /// One update attempt: one intent generation on this node.
@@ -161,6 +172,9 @@ pub struct Attempt {
     /// Digests rolled back for this generation: never applied again.
     #[serde(default)]
     pub denylist: Vec<String>,
+    /// When the apply was requested (ms since the epoch).
+    #[serde(default)]
+    pub applying_since_ms: Option<u64>,
 }
 
 /// The persisted update journal.
@@ -289,6 +303,7 @@ pub fn decide(journal: &Journal, seen: &Observed) -> Decision {
                 transitions: 0,
                 starts: 0,
                 denylist: Vec::new(),
+                applying_since_ms: None,
             });
             // One edge per decision: the new attempt is persisted before
             // anything is done for it (the driver decides again at once).
@@ -335,6 +350,7 @@ pub fn decide(journal: &Journal, seen: &Observed) -> Decision {
     }
     if to == UpdateState::Applying && a.state != UpdateState::Applying {
         a.accepted_plan = lease_id.clone();
+        a.applying_since_ms = Some(seen.now_ms);
         if seen.running_sha256.is_some() {
             next.previous_binary = seen.running_sha256.clone();
         }
@@ -394,6 +410,15 @@ fn target(a: &Attempt, seen: &Observed) -> (UpdateState, Option<String>, Option<
             }) if Some(lease_id) == lease.as_ref() && *sha256 == a.intent.sha256 => {
                 (RolledBack, lease, Some(reason.clone()))
             }
+            // Unanswered for too long while this process still runs the
+            // old build: no host agent took the request (a process the host
+            // agent restarted runs the new build and waits for its commit).
+            _ if seen.running_sha256.as_ref() != Some(&a.intent.sha256)
+                && a.applying_since_ms
+                    .is_some_and(|t| seen.now_ms.saturating_sub(t) >= seen.apply_timeout_ms) =>
+            {
+                (RolledBack, lease, Some(APPLY_TIMEOUT.into()))
+            }
             // No answer yet, or an answer about another request.
             _ => (Applying, lease, a.reason.clone()),
         };
@@ -449,6 +474,8 @@ mod tests {
             artifact,
             host: None,
             running_sha256: Some("11".repeat(32)),
+            now_ms: 1_000,
+            apply_timeout_ms: DEFAULT_APPLY_TIMEOUT_MS,
         }
     }
 
@@ -513,6 +540,33 @@ mod tests {
             Some("l1")
         );
         assert_eq!(j.previous_binary, Some("11".repeat(32)));
+    }
+
+    #[test]
+    fn an_apply_no_host_agent_answers_times_out_only_while_the_old_build_runs() {
+        let staged = seen(1, admitted("l1"), ArtifactView::Staged);
+        let (j, _) = settle(Journal::default(), &staged);
+        assert_eq!(state(&j), Applying);
+        let since = j.attempt.as_ref().and_then(|a| a.applying_since_ms);
+        assert_eq!(since, Some(staged.now_ms));
+
+        let mut later = staged.clone();
+        later.now_ms = staged.now_ms + DEFAULT_APPLY_TIMEOUT_MS - 1;
+        assert_eq!(state(&settle(j.clone(), &later).0), Applying);
+
+        // A process the host agent restarted runs the new build: it waits
+        // for the commit, however long probation takes.
+        later.now_ms = staged.now_ms + DEFAULT_APPLY_TIMEOUT_MS;
+        let mut restarted = later.clone();
+        restarted.running_sha256 = Some(intent(1).sha256);
+        assert_eq!(state(&settle(j.clone(), &restarted).0), Applying);
+
+        let (j, c) = settle(j, &later);
+        assert_eq!(state(&j), RolledBack);
+        let a = j.attempt.as_ref().expect("attempt");
+        assert_eq!(a.reason.as_deref(), Some(APPLY_TIMEOUT));
+        assert!(a.denylist.contains(&intent(1).sha256));
+        assert!(c.is_empty(), "{c:?}");
     }
 
     #[test]
@@ -708,6 +762,8 @@ mod tests {
                 artifact,
                 host,
                 running_sha256: None,
+                now_ms: 1_000,
+                apply_timeout_ms: DEFAULT_APPLY_TIMEOUT_MS,
             },
         )
     }

@@ -76,6 +76,9 @@ pub struct UpdaterConfig {
     /// bound): true for the process's first start, false when the
     /// supervisor restarts the task.
     pub count_start: bool,
+    /// How long an apply request may go unanswered while this build still
+    /// runs before the attempt is rolled back as `apply_timeout`.
+    pub apply_timeout: Duration,
 }
 
 impl UpdaterConfig {
@@ -90,6 +93,7 @@ impl UpdaterConfig {
             max_fetch_attempts: 6,
             file_wake: true,
             count_start: true,
+            apply_timeout: Duration::from_millis(machine::DEFAULT_APPLY_TIMEOUT_MS),
         }
     }
 
@@ -466,6 +470,8 @@ impl Shared {
                 // Only an updater holding an intent needs it (it records the
                 // build it replaces): idle nodes never hash themselves.
                 running_sha256: super::artifact::running_binary_sha256(),
+                now_ms: now_ms(),
+                apply_timeout_ms: self.cfg.apply_timeout.as_millis() as u64,
             },
             None => Observed {
                 intent: None,
@@ -473,6 +479,8 @@ impl Shared {
                 artifact: ArtifactView::Missing,
                 host: None,
                 running_sha256: None,
+                now_ms: now_ms(),
+                apply_timeout_ms: self.cfg.apply_timeout.as_millis() as u64,
             },
         };
         let decision = machine::decide(&journal, &seen);
@@ -489,6 +497,22 @@ impl Shared {
             if let (Some(b), Some(a)) =
                 (journal.attempt.as_ref(), decision.journal.attempt.as_ref())
             {
+                if b.state == UpdateState::Applying
+                    && a.state != UpdateState::Applying
+                    && a.reason.as_deref() == Some(machine::APPLY_TIMEOUT)
+                {
+                    // Withdraw the request, so a host agent that comes back
+                    // late does not act on a given-up attempt.
+                    let path = self.cfg.update_dir().join(APPLY_REQUEST_FILE);
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            tracing::warn!(node = %self.cfg.name, path = %path.display(), error = %e, "cannot withdraw the unanswered apply request")
+                        }
+                    }
+                    tracing::warn!(node = %self.cfg.name, intent = %a.intent.name, generation = a.intent.generation, timeout_s = self.cfg.apply_timeout.as_secs(), "no host agent answered the apply request; rolled back as apply_timeout (this build keeps running)");
+                }
                 if b.state != a.state || b.intent.generation != a.intent.generation {
                     tracing::info!(node = %self.cfg.name, intent = %a.intent.name, generation = a.intent.generation, from = b.state.as_str(), to = a.state.as_str(), reason = ?a.reason, lease_id = ?a.lease_id, "update state changed");
                 }

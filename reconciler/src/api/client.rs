@@ -168,6 +168,34 @@ impl ApiClient {
         self.call(Method::GET, &path, None).await
     }
 
+    /// A rollout's status (`rollout status NAME`).
+    pub async fn rollout_status(
+        &self,
+        name: &str,
+    ) -> Result<crate::orchestrator::RolloutView, ClientError> {
+        self.call(Method::GET, &format!("/api/v1/rollouts/{name}"), None)
+            .await
+    }
+
+    /// Changes a rollout's control: `pause`, `resume`, `abort` or `override`.
+    pub async fn rollout_action(
+        &self,
+        name: &str,
+        action: &str,
+        body: &super::RolloutActionBody,
+    ) -> Result<crate::orchestrator::RolloutView, ClientError> {
+        let json = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            url: format!("rollout {action}"),
+            reason: e.to_string(),
+        })?;
+        self.call(
+            Method::POST,
+            &format!("/api/v1/rollouts/{name}/{action}"),
+            Some(("application/json", json)),
+        )
+        .await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,

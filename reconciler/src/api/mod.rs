@@ -377,6 +377,11 @@ fn operator_router(shared: Arc<Shared>) -> Router {
             post(heartbeat_handler).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BYTES)),
         )
         .route("/api/v1/audit", get(audit_handler))
+        .route("/api/v1/rollouts/{name}", get(rollout_status_handler))
+        .route(
+            "/api/v1/rollouts/{name}/{action}",
+            post(rollout_action_handler),
+        )
         .layer(DefaultBodyLimit::max(MAX_APPLY_BYTES))
         .with_state(state)
 }
@@ -558,6 +563,88 @@ async fn get_handler(
         Ok(Some(o)) => Json(o).into_response(),
         Ok(None) => err(StatusCode::NOT_FOUND, format!("{kind} {name:?} not found")),
         Err(e) => store_err(e),
+    }
+}
+
+/// The body of `POST /api/v1/rollouts/{name}/{action}`; every field optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RolloutActionBody {
+    /// `resume`: also give failed nodes fresh attempts.
+    #[serde(default)]
+    pub retry_failed: bool,
+    /// `abort`: why, for the audit log and status.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// `override`: withdraw the override instead of setting it.
+    #[serde(default)]
+    pub off: bool,
+}
+
+fn rollout_err(e: crate::orchestrator::OrchestratorError) -> Response {
+    use crate::orchestrator::OrchestratorError as E;
+    match e {
+        E::IntentNotFound(_) => err(StatusCode::NOT_FOUND, e.to_string()),
+        E::Store(e) => store_err(e),
+        other => err(StatusCode::CONFLICT, other.to_string()),
+    }
+}
+
+async fn rollout_status_handler(
+    State(st): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&st, &headers, false) {
+        return r;
+    }
+    match crate::orchestrator::control::status(&*st.shared.store, &name).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => rollout_err(e),
+    }
+}
+
+async fn rollout_action_handler(
+    State(st): State<AppState>,
+    UrlPath((name, action)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::orchestrator::control;
+    if let Err(r) = authorize(&st, &headers, true) {
+        return r;
+    }
+    let body: RolloutActionBody = if body.is_empty() {
+        RolloutActionBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return err(StatusCode::BAD_REQUEST, format!("rollout {action}: {e}")),
+        }
+    };
+    let store = &*st.shared.store;
+    let r =
+        match action.as_str() {
+            "pause" => control::pause(store, &name).await,
+            "resume" => control::resume(store, &name, body.retry_failed).await,
+            "abort" => {
+                let reason = body.reason.as_deref().unwrap_or("aborted by the operator");
+                control::abort(store, &name, reason).await
+            }
+            "override" => control::set_recovery_override(store, &name, !body.off).await,
+            other => return err(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "unknown rollout action {other:?}; expected pause, resume, abort or override"
+                ),
+            ),
+        };
+    match r {
+        Ok(v) => {
+            tracing::info!(rollout = %name, %action, "rollout control changed through the Control API");
+            Json(v).into_response()
+        }
+        Err(e) => rollout_err(e),
     }
 }
 

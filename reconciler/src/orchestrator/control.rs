@@ -5,7 +5,7 @@
 
 use fabric_schemas::kinds::{Component, Kind, UpdateIntentSpec};
 use fabric_schemas::time::format_rfc3339;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::driver::LeaseBody;
@@ -20,7 +20,7 @@ use crate::store::{now_millis, NewEvent, Op, Store};
 const CAS_ATTEMPTS: u32 = 5;
 
 /// An outstanding lease as `rollout status` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseView {
     /// The node holding it.
@@ -38,7 +38,7 @@ pub struct LeaseView {
 }
 
 /// A condition as `rollout status` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConditionView {
     /// The planner's reason, or the driver's own.
     pub reason: String,
@@ -47,7 +47,7 @@ pub struct ConditionView {
 }
 
 /// Everything `rollout status` prints.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutView {
     /// The intent's name.

@@ -23,6 +23,11 @@
 //! carrying it, so objects created through the Control API are never touched.
 //! `RolloutLease` objects never come from the folder (the manifest checks
 //! refuse them, and the source skips the kind when listing what it owns).
+//!
+//! An [`Overlay`] may rewrite each loaded object before it is stored, the way
+//! a kustomize overlay patches a base: `fabricctl up` uses one to give the
+//! example `FabricNode`s the key and loopback endpoint of the node that runs
+//! them, so the operator's folder stays the one that is watched and edited.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -52,6 +57,16 @@ pub type ObjectKey = (Kind, String);
 /// enqueue them into a reconcile loop).
 pub type OnChange = Arc<dyn Fn(Vec<ObjectKey>) + Send + Sync>;
 
+/// Rewrites a loaded object before it is stored (see the module docs).
+#[derive(Clone)]
+pub struct Overlay(pub Arc<dyn Fn(&mut fabric_schemas::manifest::Object) + Send + Sync>);
+
+impl std::fmt::Debug for Overlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Overlay")
+    }
+}
+
 /// How the source behaves.
 #[derive(Clone, Debug)]
 pub struct GitOpsConfig {
@@ -63,6 +78,8 @@ pub struct GitOpsConfig {
     pub debounce: Duration,
     /// Full re-sync interval even without file events.
     pub resync: Duration,
+    /// Applied to every loaded object before it is stored.
+    pub overlay: Option<Overlay>,
 }
 
 impl GitOpsConfig {
@@ -73,6 +90,7 @@ impl GitOpsConfig {
             prune: false,
             debounce: Duration::from_millis(300),
             resync: Duration::from_secs(60),
+            overlay: None,
         }
     }
 }
@@ -229,6 +247,16 @@ impl GitOpsSource {
                 // The manifest checks refuse these already; never store one from a folder.
                 continue;
             }
+            let overlaid;
+            let obj = match &self.config.overlay {
+                Some(Overlay(f)) => {
+                    let mut o = obj.clone();
+                    f(&mut o);
+                    overlaid = o;
+                    &overlaid
+                }
+                None => obj,
+            };
             let mut put = PutObject::from_object(obj)?;
             put.annotations
                 .insert(MANAGED_BY_ANNOTATION.into(), MANAGED_BY_GITOPS.into());
