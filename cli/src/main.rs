@@ -1,6 +1,7 @@
 //! `fabricctl`: the operator's command line for Fabric.
 
 mod cmd;
+mod context;
 
 use std::process::ExitCode;
 

@@ -255,6 +255,8 @@ fn up_until_converged_runs_the_example_fleet() {
         "--until-converged",
         "--timeout",
         "90s",
+        "--context",
+        dir.path().join("context.json").to_str().expect("utf8"),
     ]);
     let text = stdout(&out);
     assert!(
@@ -291,6 +293,8 @@ fn up_scales_with_nodes_and_names_laggards_on_timeout() {
         "--until-converged",
         "--timeout",
         "90s",
+        "--context",
+        dir.path().join("context.json").to_str().expect("utf8"),
     ]);
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(
@@ -316,6 +320,8 @@ fn up_scales_with_nodes_and_names_laggards_on_timeout() {
         "--until-converged",
         "--timeout",
         "3s",
+        "--context",
+        dir.path().join("context.json").to_str().expect("utf8"),
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     let err = String::from_utf8_lossy(&out.stderr);

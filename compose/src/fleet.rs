@@ -333,16 +333,7 @@ impl LocalFleet {
     /// The manifest's node with its real key and its loopback endpoint: the
     /// example addresses are documentation ranges nobody can reach.
     pub fn local_spec(&self, n: &FabricNodeSpec, m: &Member) -> FabricNodeSpec {
-        FabricNodeSpec {
-            node_id: Some(m.node_id.to_string()),
-            endpoints: vec![EndpointSpec {
-                address: m.addr.to_string(),
-                scope: EndpointScopeSpec::Public,
-                locality_group: None,
-                nat_group: None,
-            }],
-            ..n.clone()
-        }
+        localize(n, m.node_id, m.addr)
     }
 
     fn index(&self, name: &str) -> Result<usize, FleetError> {
@@ -446,6 +437,21 @@ impl LocalFleet {
     /// The fleet's state folder.
     pub fn state_dir(&self) -> &Path {
         &self.opts.state_dir
+    }
+}
+
+/// `n` with the key `id` and the one public endpoint `addr`: a manifest's
+/// node as the local node running it is reached.
+pub fn localize(n: &FabricNodeSpec, id: NodeId, addr: SocketAddr) -> FabricNodeSpec {
+    FabricNodeSpec {
+        node_id: Some(id.to_string()),
+        endpoints: vec![EndpointSpec {
+            address: addr.to_string(),
+            scope: EndpointScopeSpec::Public,
+            locality_group: None,
+            nat_group: None,
+        }],
+        ..n.clone()
     }
 }
 

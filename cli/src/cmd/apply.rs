@@ -10,19 +10,33 @@ use fabric_reconciler::api::{ApiClient, ApplyAction, ApplyOptions, ClientError, 
 use super::Output;
 
 /// Where the Control API is and how to authenticate; shared by apply/get/audit.
+/// Without `--server`, both come from the context file `fabricctl up` writes.
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct ServerArgs {
-    /// Control API base URL, e.g. http://127.0.0.1:7180.
+    /// Control API base URL, e.g. http://127.0.0.1:7180 (default: the
+    /// context file's).
     #[arg(long)]
-    pub server: String,
-    /// File holding the operator bearer token.
+    pub server: Option<String>,
+    /// File holding the operator bearer token (default: the context file's).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// The context file (default: $FABRIC_CONTEXT, else
+    /// ~/.config/fabric/context.json, as written by `fabricctl up`).
+    #[arg(long)]
+    pub context: Option<PathBuf>,
 }
 
 impl ServerArgs {
     pub(crate) fn client(&self) -> anyhow::Result<ApiClient> {
-        let token = match &self.token_file {
+        let (server, token_file) = match &self.server {
+            Some(s) => (s.clone(), self.token_file.clone()),
+            None => {
+                let ctx = crate::context::load(self.context.as_deref())?;
+                let token = self.token_file.clone().unwrap_or(ctx.token_file);
+                (ctx.server, Some(token))
+            }
+        };
+        let token = match &token_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
                     .with_context(|| format!("reading token file {}", p.display()))?
@@ -31,7 +45,7 @@ impl ServerArgs {
             ),
             None => None,
         };
-        Ok(ApiClient::new(&self.server, token)?)
+        Ok(ApiClient::new(&server, token)?)
     }
 }
 

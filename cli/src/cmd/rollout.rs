@@ -1,12 +1,14 @@
-//! `fabricctl rollout pause|resume|abort|status NAME --store ...`: operator
-//! control of one rollout (one `UpdateIntent`), straight on the control
-//! plane's store. The driver picks changes up on its next tick; `status`
-//! shows a pause or abort at once.
+//! `fabricctl rollout pause|resume|abort|status|override NAME`: operator
+//! control of one rollout (one `UpdateIntent`), through the Control API (its
+//! address and token from `--server`/`--token-file` or the context file), or
+//! with `--store` straight on the control plane's store, offline. The driver
+//! picks changes up on its next tick; `status` shows a pause or abort at once.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use fabric_reconciler::api::{ApiClient, RolloutActionBody};
 use fabric_reconciler::orchestrator::{control, RolloutView};
 use fabric_reconciler::store::{EmbeddedStore, PostgresConfig, PostgresStore, Store};
 
@@ -41,10 +43,13 @@ pub(crate) struct OverrideArgs {
 pub(crate) struct Target {
     /// The rollout: the `UpdateIntent`'s name.
     pub name: String,
-    /// The control plane's store: `embedded:PATH` (a redb file) or
+    /// Work on the control plane's store directly instead of the Control
+    /// API: `embedded:PATH` (a redb file no replica holds open) or
     /// `postgres:URL` (e.g. `postgres:host=/var/run/postgresql dbname=fabric`).
     #[arg(long)]
-    pub store: String,
+    pub store: Option<String>,
+    #[command(flatten)]
+    pub server: super::apply::ServerArgs,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -73,27 +78,15 @@ pub(crate) fn run(command: Command) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let (target, view) = match &command {
-            Command::Pause(t) => (t, control::pause(&*open(&t.store).await?, &t.name).await),
-            Command::Resume(a) => {
-                let t = &a.target;
-                let store = open(&t.store).await?;
-                (t, control::resume(&*store, &t.name, a.retry_failed).await)
-            }
-            Command::Abort(a) => {
-                let t = &a.target;
-                let store = open(&t.store).await?;
-                (t, control::abort(&*store, &t.name, &a.reason).await)
-            }
-            Command::Status(t) => (t, control::status(&*open(&t.store).await?, &t.name).await),
-            Command::Override(a) => {
-                let t = &a.target;
-                let store = open(&t.store).await?;
-                (
-                    t,
-                    control::set_recovery_override(&*store, &t.name, !a.off).await,
-                )
-            }
+        let target = match &command {
+            Command::Pause(t) | Command::Status(t) => t,
+            Command::Resume(a) => &a.target,
+            Command::Abort(a) => &a.target,
+            Command::Override(a) => &a.target,
+        };
+        let view = match &target.store {
+            Some(spec) => offline(&command, &*open(spec).await?).await,
+            None => through_api(&command, &target.server.client()?).await,
         };
         let view = view.with_context(|| format!("rollout {:?}", target.name))?;
         match target.output {
@@ -104,6 +97,52 @@ pub(crate) fn run(command: Command) -> Result<ExitCode> {
             Output::Text => print!("{}", render(&view)),
         }
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn offline(command: &Command, store: &dyn Store) -> Result<RolloutView> {
+    Ok(match command {
+        Command::Pause(t) => control::pause(store, &t.name).await?,
+        Command::Resume(a) => control::resume(store, &a.target.name, a.retry_failed).await?,
+        Command::Abort(a) => control::abort(store, &a.target.name, &a.reason).await?,
+        Command::Status(t) => control::status(store, &t.name).await?,
+        Command::Override(a) => {
+            control::set_recovery_override(store, &a.target.name, !a.off).await?
+        }
+    })
+}
+
+async fn through_api(command: &Command, client: &ApiClient) -> Result<RolloutView> {
+    Ok(match command {
+        Command::Status(t) => client.rollout_status(&t.name).await?,
+        Command::Pause(t) => {
+            client
+                .rollout_action(&t.name, "pause", &RolloutActionBody::default())
+                .await?
+        }
+        Command::Resume(a) => {
+            let b = RolloutActionBody {
+                retry_failed: a.retry_failed,
+                ..Default::default()
+            };
+            client.rollout_action(&a.target.name, "resume", &b).await?
+        }
+        Command::Abort(a) => {
+            let b = RolloutActionBody {
+                reason: Some(a.reason.clone()),
+                ..Default::default()
+            };
+            client.rollout_action(&a.target.name, "abort", &b).await?
+        }
+        Command::Override(a) => {
+            let b = RolloutActionBody {
+                off: a.off,
+                ..Default::default()
+            };
+            client
+                .rollout_action(&a.target.name, "override", &b)
+                .await?
+        }
     })
 }
 

@@ -5,15 +5,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use fabric::edge::EdgeInventory;
-use fabric_compose::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
+use fabric_compose::fleet::{localize, synthetic_nodes, FleetOptions, LocalFleet};
+use fabric_compose::replica::{Replica, ReplicaConfig};
 use fabric_node_agent::registry::RegistryStatus;
 use fabric_node_agent::status::NodeStatus;
-use fabric_reconciler::api::{self, ApiConfig, ApiHandle, Token};
-use fabric_reconciler::store::{EmbeddedStore, Op, PutObject, Store};
+use fabric_reconciler::api::{self, ApiConfig, Token};
+use fabric_reconciler::controller::{ControlPlaneConfig, RolloutLoop};
+use fabric_reconciler::orchestrator::{Orchestrator, OrchestratorConfig, OrchestratorKeys};
+use fabric_reconciler::publish::Signer;
+use fabric_reconciler::source::{GitOpsConfig, Overlay};
+use fabric_reconciler::store::{EmbeddedStore, PostgresConfig, PostgresStore, Store};
 use fabric_schemas::kinds::{NodeRole, Spec};
 use fabric_schemas::manifest::load_path;
 use fabric_schemas::time::parse_duration;
+use fabric_schemas::trust::Role;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Marks a state folder as ours, so `up` never wipes a folder it did not create.
@@ -40,6 +47,19 @@ pub(crate) struct Args {
     /// Gossip round length in milliseconds.
     #[arg(long, default_value_t = 250)]
     round_ms: u64,
+    /// The control plane's store: `embedded` (a redb file in the state
+    /// folder) or `postgres:URL`.
+    #[arg(long, default_value = "embedded")]
+    store: String,
+    /// How long a node's apply request waits for a host agent before it is
+    /// rolled back as `apply_timeout` (the in-process nodes of `up` have no
+    /// host agent).
+    #[arg(long, default_value = "60s")]
+    apply_timeout: String,
+    /// Where to write the context file that lets `fabricctl get|apply|audit|rollout`
+    /// run without flags (default: $FABRIC_CONTEXT, else ~/.config/fabric/context.json).
+    #[arg(long)]
+    context: Option<PathBuf>,
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -62,7 +82,14 @@ fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        for sub in ["nodes", "trust", "store.redb", "operator.token"] {
+        for sub in [
+            "nodes",
+            "trust",
+            "store.redb",
+            "operator.token",
+            "manifests",
+            "context.json",
+        ] {
             let p = dir.join(sub);
             if p.is_dir() {
                 std::fs::remove_dir_all(&p).with_context(|| format!("clearing {}", p.display()))?;
@@ -86,7 +113,7 @@ fn converged(s: &NodeStatus, total: usize) -> bool {
 
 fn table(statuses: &[NodeStatus], total: usize) -> String {
     let mut out = format!(
-        "{:<14} {:<8} {:<22} {:>9} {:<15} {:>5} {:>6} {:>9} {:>8} {:<10}\n",
+        "{:<14} {:<8} {:<22} {:>9} {:<15} {:>5} {:>6} {:>9} {:>8} {:<10} {:<12}\n",
         "NODE",
         "AREA",
         "LISTEN",
@@ -96,11 +123,12 @@ fn table(statuses: &[NodeStatus], total: usize) -> String {
         "DIRECT",
         "EXT-AREAS",
         "RECOVERY",
-        "RESILIENCE"
+        "RESILIENCE",
+        "UPDATE"
     );
     for s in statuses {
         out.push_str(&format!(
-            "{:<14} {:<8} {:<22} {:>4}/{:<4} {:<15} {:>5} {:>6} {:>9} {:>8} {:<10}\n",
+            "{:<14} {:<8} {:<22} {:>4}/{:<4} {:<15} {:>5} {:>6} {:>9} {:>8} {:<10} {:<12}\n",
             s.name,
             s.area,
             s.listen,
@@ -119,6 +147,7 @@ fn table(statuses: &[NodeStatus], total: usize) -> String {
                 Some(r) if r.is_met() => "met",
                 Some(_) => "below",
             },
+            s.update.as_ref().map_or("-", |u| u.state.as_str()),
         ));
     }
     out
@@ -126,6 +155,9 @@ fn table(statuses: &[NodeStatus], total: usize) -> String {
 
 async fn up(a: Args) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(parse_duration(&a.timeout).context("--timeout")? as u64);
+    let apply_timeout =
+        Duration::from_secs(parse_duration(&a.apply_timeout).context("--apply-timeout")? as u64);
+    let store_spec = StoreSpec::parse(&a.store, &a.state_dir)?;
     let objects = match a.nodes {
         Some(0) => bail!("--nodes must be at least 1"),
         Some(n) => synthetic_nodes(n),
@@ -145,32 +177,58 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
         }
     };
     prepare_state_dir(&a.state_dir)?;
-    let mut opts = FleetOptions::new(a.state_dir.clone());
+    let state_dir = std::path::absolute(&a.state_dir)
+        .with_context(|| format!("resolving {}", a.state_dir.display()))?;
+    // The watched GitOps folder: the operator's, or the synthetic fleet
+    // written out so it can be edited like one.
+    let gitops_dir = match a.nodes {
+        Some(_) => {
+            let dir = state_dir.join("manifests");
+            write_manifests(&dir, &objects)?;
+            dir
+        }
+        None => std::path::absolute(&a.path)
+            .with_context(|| format!("resolving {}", a.path.display()))?,
+    };
+    let mut opts = FleetOptions::new(state_dir.clone());
     opts.round = Duration::from_millis(a.round_ms.max(50));
+    opts.updater_apply_timeout = apply_timeout;
+    // The control plane publishes every record, as in production.
+    opts.seed_records = false;
     let started = Instant::now();
     let mut fleet = LocalFleet::start(&objects, opts)
         .await
         .context("starting the fleet")?;
     let total = fleet.expected_records();
     let n = fleet.members.len();
-    let control = start_control_plane(&fleet, &objects, &a.state_dir)
-        .await
-        .context("starting the control plane")?;
+    let control = match ControlPlane::start(&mut fleet, &gitops_dir, &store_spec, &state_dir).await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            fleet.stop_all().await;
+            return Err(e.context("starting the control plane"));
+        }
+    };
     println!(
-        "fabric: {n} nodes on loopback, {total} signed records seeded into {} only; state in {}",
-        fleet.members[0].name,
-        a.state_dir.display()
+        "fabric: {n} nodes on loopback; the control plane runs co-located with {} and publishes {total} signed records from {}; state in {}",
+        control.colocated.join(", "),
+        gitops_dir.display(),
+        state_dir.display()
     );
     println!("trust root: {}", fleet.trust_root_file().display());
-    if let Some(first) = control.apis.first() {
-        println!(
-            "control API: http://{} (embedded store {}, operator token in {}); try `fabricctl audit --server http://{} --token-file {}`",
-            first.addr(),
-            a.state_dir.join("store.redb").display(),
-            control.token_file.display(),
-            first.addr(),
-            control.token_file.display()
-        );
+    let shared_context = a.context.clone().or_else(crate::context::default_path);
+    match control.write_context(&fleet, &store_spec, &state_dir, shared_context.as_deref()) {
+        Ok(()) => println!(
+            "control API: {} ({} store); context written to {}{}; try `fabricctl get nodes`, `fabricctl audit`, `fabricctl rollout status NAME`",
+            control.servers.first().map(String::as_str).unwrap_or("-"),
+            store_spec.label(),
+            state_dir.join("context.json").display(),
+            shared_context
+                .as_ref()
+                .map(|p| format!(" and {}", p.display()))
+                .unwrap_or_default()
+        ),
+        Err(e) => eprintln!("warning: {e:#}"),
     }
     let tty = std::io::stdout().is_terminal();
     let bar = if tty {
@@ -195,7 +253,7 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
                 break ExitCode::SUCCESS;
             }
         }
-        let statuses = fleet.statuses();
+        let statuses = control.statuses(&fleet);
         let ready = statuses.iter().filter(|s| converged(s, total)).count();
         bar.set_position(ready as u64);
         let audit = if ready == n {
@@ -266,21 +324,198 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
             break ExitCode::from(1);
         }
     };
-    for api in control.apis {
-        api.stop().await;
-    }
+    control.stop().await;
     fleet.stop_all().await;
+    if let Some(p) = &shared_context {
+        crate::context::remove_if_ours(p, &state_dir);
+    }
     Ok(code)
 }
 
+/// Where the control plane keeps its state.
+enum StoreSpec {
+    Embedded(PathBuf),
+    Postgres(String),
+}
+
+impl StoreSpec {
+    fn parse(s: &str, state_dir: &Path) -> anyhow::Result<StoreSpec> {
+        if s == "embedded" {
+            return Ok(StoreSpec::Embedded(state_dir.join("store.redb")));
+        }
+        if let Some(url) = s.strip_prefix("postgres:") {
+            return Ok(StoreSpec::Postgres(url.to_owned()));
+        }
+        bail!("--store must be `embedded` or `postgres:URL`, got {s:?}")
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            StoreSpec::Embedded(_) => "embedded",
+            StoreSpec::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    /// As `rollout --store` takes it.
+    fn arg(&self) -> String {
+        match self {
+            StoreSpec::Embedded(p) => format!("embedded:{}", p.display()),
+            StoreSpec::Postgres(u) => format!("postgres:{u}"),
+        }
+    }
+
+    async fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match self {
+            StoreSpec::Embedded(p) => Arc::new(
+                EmbeddedStore::open(p)
+                    .await
+                    .with_context(|| format!("opening the embedded store {}", p.display()))?,
+            ),
+            StoreSpec::Postgres(url) => Arc::new(
+                PostgresStore::connect(PostgresConfig::new(url))
+                    .await
+                    .context("connecting to the PostgreSQL store")?,
+            ),
+        })
+    }
+}
+
+/// Writes `objects` as one JSON manifest per object (JSON is YAML).
+fn write_manifests(dir: &Path, objects: &[fabric_schemas::manifest::Object]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for o in objects {
+        let doc = serde_json::json!({
+            "apiVersion": fabric_schemas::kinds::API_VERSION,
+            "kind": o.kind.as_str(),
+            "metadata": {"name": o.name()},
+            "spec": o.spec.to_json()?,
+        });
+        let file = dir.join(format!(
+            "{}-{}.json",
+            o.kind.as_str().to_ascii_lowercase(),
+            o.name()
+        ));
+        let bytes = serde_json::to_vec_pretty(&doc)?;
+        fabric_schemas::keys::write_atomic(&file, &bytes, 0o644)
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(())
+}
+
+/// The production shape on loopback: a reconciler replica co-located with
+/// every `control-api` node (leader election over the shared store; the
+/// leader watches the GitOps folder, publishes and drives rollouts), each
+/// serving the Control API on its node's transport and on a loopback HTTP
+/// edge.
 struct ControlPlane {
-    apis: Vec<ApiHandle>,
+    replicas: Vec<(String, Replica)>,
+    colocated: Vec<String>,
+    servers: Vec<String>,
     token_file: PathBuf,
     store: Arc<dyn Store>,
     inventory: EdgeInventory,
 }
 
 impl ControlPlane {
+    async fn start(
+        fleet: &mut LocalFleet,
+        gitops_dir: &Path,
+        store_spec: &StoreSpec,
+        state_dir: &Path,
+    ) -> anyhow::Result<ControlPlane> {
+        let store = store_spec.open().await?;
+        let signer = Signer::from_keys_dir(&fleet.trust_dir).context("reading the control keys")?;
+        let mut secret = [0u8; 24];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
+        let secret = hex::encode(secret);
+        let token_file = state_dir.join("operator.token");
+        fabric_schemas::keys::write_atomic(&token_file, secret.as_bytes(), 0o600)?;
+        let token = Token::new(&secret)?;
+        // The example FabricNodes name documentation addresses and no key:
+        // the overlay gives each the key and loopback endpoint of the node
+        // running it, so the folder itself stays what is watched.
+        let live: BTreeMap<String, (fabric::topology::NodeId, std::net::SocketAddr)> = fleet
+            .members
+            .iter()
+            .map(|m| (m.name.clone(), (m.node_id, m.addr)))
+            .collect();
+        let overlay = Overlay(Arc::new(move |o: &mut fabric_schemas::manifest::Object| {
+            let name = o.name().to_owned();
+            if let (Spec::FabricNode(n), Some((id, addr))) = (&mut o.spec, live.get(&name)) {
+                *n = localize(n, *id, *addr);
+            }
+        }));
+        let mut colocated: Vec<String> = fleet
+            .members
+            .iter()
+            .filter(|m| m.spec.roles.contains(&NodeRole::ControlApi))
+            .map(|m| m.name.clone())
+            .collect();
+        if colocated.is_empty() {
+            // Someone must carry the published records into the fabric.
+            let first = fleet.members[0].name.clone();
+            tracing::warn!(node = %first, "no control-api node in the manifests; the control plane runs co-located with the first node");
+            colocated.push(first);
+        }
+        let inventory = EdgeInventory::new();
+        let mut replicas = Vec::new();
+        let mut servers = Vec::new();
+        for name in &colocated {
+            let (agent, slot) = fleet.detach(name)?;
+            let mut plane = ControlPlaneConfig::new(name.clone());
+            let mut g = GitOpsConfig::new(gitops_dir);
+            g.prune = true;
+            g.overlay = Some(overlay.clone());
+            plane.gitops = Some(g);
+            let mut cfg = ReplicaConfig::new(plane);
+            cfg.api = Some(ApiConfig::new("127.0.0.1:0".parse()?, token.clone()));
+            cfg.inventory = Some(inventory.clone());
+            cfg.rollouts = Some(RolloutLoop {
+                orchestrator: Orchestrator::new(
+                    OrchestratorKeys {
+                        orchestrator: fleet.role_key(Role::Orchestrator)?,
+                        recovery_admin: fleet.role_key(Role::RecoveryAdmin).ok(),
+                    },
+                    OrchestratorConfig::default(),
+                ),
+                interval: Duration::from_secs(1),
+            });
+            let replica =
+                Replica::start_with_agent(store.clone(), signer.clone(), cfg, agent, slot)
+                    .await
+                    .with_context(|| format!("starting the reconciler replica on {name}"))?;
+            if let Some(addr) = replica.api_addr() {
+                servers.push(format!("http://{addr}"));
+            }
+            replicas.push((name.clone(), replica));
+        }
+        Ok(ControlPlane {
+            replicas,
+            colocated,
+            servers,
+            token_file,
+            store,
+            inventory,
+        })
+    }
+
+    /// Every node's status, in manifest order: the fleet's and the
+    /// co-located ones.
+    fn statuses(&self, fleet: &LocalFleet) -> Vec<NodeStatus> {
+        fleet
+            .members
+            .iter()
+            .filter_map(|m| match &m.handle {
+                Some(h) => Some(h.status()),
+                None => self
+                    .replicas
+                    .iter()
+                    .find(|(n, _)| *n == m.name)
+                    .and_then(|(_, r)| r.agent().map(|a| a.status())),
+            })
+            .collect()
+    }
+
     /// The fleet audit over the heartbeats the Control API received.
     async fn audit(&self) -> Option<fabric_reconciler::audit::AuditReport> {
         let now = std::time::SystemTime::now()
@@ -291,6 +526,40 @@ impl ControlPlane {
             .await
             .map_err(|e| tracing::warn!(error = %e, "audit failed"))
             .ok()
+    }
+
+    fn write_context(
+        &self,
+        fleet: &LocalFleet,
+        store: &StoreSpec,
+        state_dir: &Path,
+        shared: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        let Some(server) = self.servers.first() else {
+            bail!("no Control API is served; no context file written");
+        };
+        let ctx = crate::context::FleetContext {
+            server: server.clone(),
+            servers: self.servers.clone(),
+            token_file: self.token_file.clone(),
+            trust_root: std::path::absolute(fleet.trust_root_file())?,
+            store: store.arg(),
+            state_dir: state_dir.to_path_buf(),
+            pid: std::process::id(),
+        };
+        crate::context::write(&state_dir.join("context.json"), &ctx)?;
+        if let Some(p) = shared {
+            crate::context::write(p, &ctx)?;
+        }
+        Ok(())
+    }
+
+    async fn stop(self) {
+        for (name, r) in self.replicas {
+            if let Err(e) = r.stop().await {
+                tracing::warn!(node = %name, error = %e, "replica stopped with an error");
+            }
+        }
     }
 }
 
@@ -310,80 +579,4 @@ fn audit_line(r: &fabric_reconciler::audit::AuditReport) -> String {
         r.acceptance_criteria.len(),
         if failing.is_empty() { String::new() } else { format!(", failing: {}", failing.join(", ")) }
     )
-}
-
-/// The embedded default control plane: the desired state in an embedded store
-/// and the Control API served by every `control-api` provider node, on its
-/// fabric transport (heartbeats from nodes) and on a loopback HTTP edge (for
-/// `fabricctl apply/get/audit`).
-async fn start_control_plane(
-    fleet: &LocalFleet,
-    objects: &[fabric_schemas::manifest::Object],
-    state_dir: &Path,
-) -> anyhow::Result<ControlPlane> {
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(state_dir.join("store.redb"))
-            .await
-            .context("opening the embedded store")?,
-    );
-    let mut ops = Vec::new();
-    for o in objects {
-        let spec = match &o.spec {
-            Spec::FabricNode(n) => match fleet.member(o.name()) {
-                Some(m) => Spec::FabricNode(fleet.local_spec(n, m)),
-                None => continue,
-            },
-            Spec::RolloutLease(_) | Spec::TrustRoot(_) => continue,
-            other => other.clone(),
-        };
-        let mut put = PutObject::new(o.kind, o.name(), spec.to_json()?);
-        put.labels = o.metadata.labels.clone();
-        put.annotations = o.metadata.annotations.clone();
-        ops.push(Op::PutObject(put));
-    }
-    for bytes in &fleet.records {
-        let env = fabric_schemas::Envelope::decode(bytes)?;
-        ops.push(Op::PutRecord {
-            kind: env.record.kind,
-            name: env.record.name.clone(),
-            generation: i64::try_from(env.record.generation).unwrap_or(i64::MAX),
-            envelope: bytes.clone(),
-        });
-    }
-    store
-        .apply_batch(ops)
-        .await
-        .context("storing the desired state")?;
-    let mut secret = [0u8; 24];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
-    let secret = hex::encode(secret);
-    let token_file = state_dir.join("operator.token");
-    fabric_schemas::keys::write_atomic(&token_file, secret.as_bytes(), 0o600)?;
-    let token = Token::new(&secret)?;
-    // One inventory for every edge this process opens, so the audit can tell
-    // registered listeners from unclassified ones.
-    let inventory = EdgeInventory::new();
-    let mut apis = Vec::new();
-    for m in &fleet.members {
-        if !m.spec.roles.contains(&NodeRole::ControlApi) {
-            continue;
-        }
-        let Some(h) = m.handle.as_ref() else { continue };
-        let cfg = ApiConfig::new("127.0.0.1:0".parse()?, token.clone());
-        let api = api::serve(
-            store.clone(),
-            inventory.clone(),
-            cfg,
-            Some(h.transport().clone()),
-        )
-        .await
-        .with_context(|| format!("serving the Control API on {}", m.name))?;
-        apis.push(api);
-    }
-    Ok(ControlPlane {
-        apis,
-        token_file,
-        store,
-        inventory,
-    })
 }

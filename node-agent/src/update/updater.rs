@@ -384,7 +384,14 @@ impl Shared {
                     Err(e) => {
                         slot.failures += 1;
                         slot.last_error = Some(e.reason());
-                        tracing::warn!(node = %me.cfg.name, sha256 = %plan.sha256, failures = slot.failures, error = %e, "artifact fetch failed");
+                        // The first failure and the last one are news; the
+                        // retries between them are not (a fleet would log
+                        // one line per node per retry).
+                        if slot.failures == 1 || slot.failures >= me.cfg.max_fetch_attempts {
+                            tracing::warn!(node = %me.cfg.name, sha256 = %plan.sha256, failures = slot.failures, max = me.cfg.max_fetch_attempts, error = %e, "artifact fetch failed");
+                        } else {
+                            tracing::info!(node = %me.cfg.name, sha256 = %plan.sha256, failures = slot.failures, max = me.cfg.max_fetch_attempts, error = %e, "artifact fetch failed; retrying");
+                        }
                     }
                 }
             }

@@ -299,8 +299,19 @@ pub fn parse_kind(s: &str) -> Option<Kind> {
         Kind::RolloutLease => "flease",
         Kind::TrustRoot => "ftrust",
     };
+    // kubectl-style everyday names.
+    let alias = |k: Kind| -> &'static [&'static str] {
+        match k {
+            Kind::FabricNode => &["node", "nodes", "no", "fnodes"],
+            Kind::ServiceRecord => &["service", "services", "svc"],
+            Kind::UpdateIntent => &["intent", "intents"],
+            Kind::RolloutPolicy => &["policy", "policies"],
+            Kind::RolloutLease => &["lease", "leases"],
+            Kind::TrustRoot => &["trust"],
+        }
+    };
     Kind::ALL.into_iter().find(|k| {
         let n = k.as_str().to_ascii_lowercase();
-        l == n || l == format!("{n}s") || l == short(*k)
+        l == n || l == format!("{n}s") || l == short(*k) || alias(*k).contains(&l.as_str())
     })
 }

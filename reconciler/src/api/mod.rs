@@ -623,22 +623,23 @@ async fn rollout_action_handler(
         }
     };
     let store = &*st.shared.store;
-    let r =
-        match action.as_str() {
-            "pause" => control::pause(store, &name).await,
-            "resume" => control::resume(store, &name, body.retry_failed).await,
-            "abort" => {
-                let reason = body.reason.as_deref().unwrap_or("aborted by the operator");
-                control::abort(store, &name, reason).await
-            }
-            "override" => control::set_recovery_override(store, &name, !body.off).await,
-            other => return err(
+    let r = match action.as_str() {
+        "pause" => control::pause(store, &name).await,
+        "resume" => control::resume(store, &name, body.retry_failed).await,
+        "abort" => {
+            let reason = body.reason.as_deref().unwrap_or("aborted by the operator");
+            control::abort(store, &name, reason).await
+        }
+        "override" => control::set_recovery_override(store, &name, !body.off).await,
+        other => {
+            return err(
                 StatusCode::NOT_FOUND,
                 format!(
                     "unknown rollout action {other:?}; expected pause, resume, abort or override"
                 ),
-            ),
-        };
+            )
+        }
+    };
     match r {
         Ok(v) => {
             tracing::info!(rollout = %name, %action, "rollout control changed through the Control API");
