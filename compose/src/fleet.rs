@@ -52,6 +52,88 @@ pub struct FleetOptions {
     /// Seed every signed record into the first node (`false`: a publisher
     /// delivers them, as under `fabricctl up`).
     pub seed_records: bool,
+    /// Run nodes as real processes, each a host agent supervising a
+    /// node-agent (`None`: every node is an in-process agent).
+    pub processes: Option<ProcessMode>,
+}
+
+/// How a fleet's nodes run as processes: `fabric-host-agent run` per node,
+/// supervising `fabric-node-agent` from its own slots, with its own state
+/// folder and log.
+#[derive(Clone, Debug)]
+pub struct ProcessMode {
+    /// The `fabric-host-agent` binary.
+    pub host_agent: PathBuf,
+    /// The node-agent build every node starts from.
+    pub node_agent: PathBuf,
+    /// Nodes that still run in process (those a co-located control plane
+    /// takes over, see [`LocalFleet::detach`]).
+    pub in_process: Vec<String>,
+    /// The host agent's readiness deadline for a new build.
+    pub ready_deadline: Duration,
+    /// The host agent's probation before it commits a new build.
+    pub probation: Duration,
+}
+
+/// A node running as a host-agent process.
+pub struct NodeProcess {
+    child: std::process::Child,
+    /// The host agent's (and its node-agent's) log.
+    pub log: PathBuf,
+}
+
+impl NodeProcess {
+    /// The host agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the host agent with SIGTERM (it stops its node-agent first);
+    /// after `grace`, SIGKILL for both.
+    fn stop(mut self, state_dir: &Path, grace: Duration) {
+        let pid = self.child.id();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::warn!(
+            pid,
+            "host agent did not stop in time; killing it and its node-agent"
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        kill_node_agent(state_dir);
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        // Only reached when the fleet is dropped without `stop_all` (a
+        // panic): nothing may outlive the fleet.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// SIGKILLs the node-agent process group the host agent recorded.
+fn kill_node_agent(state_dir: &Path) {
+    let Ok(pid) = std::fs::read_to_string(state_dir.join("host").join("child.pid")) else {
+        return;
+    };
+    let pid = pid.trim();
+    if pid.parse::<u32>().is_ok() {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
+    }
 }
 
 impl FleetOptions {
@@ -68,6 +150,7 @@ impl FleetOptions {
             updater_fetch_attempts: 6,
             updater_apply_timeout: Duration::from_secs(600),
             seed_records: true,
+            processes: None,
         }
     }
 }
@@ -117,6 +200,15 @@ pub struct Member {
     pub local_control: fabric_node_agent::control::LocalControlSlot,
     /// Handed to a co-located control plane: the fleet no longer runs it.
     pub detached: bool,
+    /// The running host-agent process, for a node run as one.
+    pub process: Option<NodeProcess>,
+}
+
+impl Member {
+    /// Whether the node runs (in process or as a process).
+    pub fn running(&self) -> bool {
+        self.handle.is_some() || self.process.is_some()
+    }
 }
 
 /// A whole fleet on one machine (see the module docs).
@@ -193,6 +285,7 @@ impl LocalFleet {
                 bootstrap_override: None,
                 local_control: Default::default(),
                 detached: false,
+                process: None,
             });
         }
         let mut fleet = LocalFleet {
@@ -261,11 +354,115 @@ impl LocalFleet {
     }
 
     async fn start_member(&mut self, i: usize) -> Result<(), FleetError> {
+        if let Some(mode) = self
+            .opts
+            .processes
+            .clone()
+            .filter(|p| !p.in_process.contains(&self.members[i].name))
+        {
+            return self.start_process(i, &mode);
+        }
         let cfg = self.agent_config(&self.members[i]);
         let handle = agent::start(cfg).await?;
         let m = &mut self.members[i];
         m.addr = handle.local_addr();
         m.handle = Some(handle);
+        Ok(())
+    }
+
+    /// Starts member `i` as `fabric-host-agent run ... -- <node-agent flags>`
+    /// on a free loopback port (its old port on a restart).
+    fn start_process(&mut self, i: usize, mode: &ProcessMode) -> Result<(), FleetError> {
+        let addr = if self.members[i].addr.port() != 0 {
+            self.members[i].addr
+        } else {
+            let s = std::net::UdpSocket::bind(SocketAddr::new(self.opts.host, 0))
+                .map_err(setup("finding a free port"))?;
+            s.local_addr().map_err(setup("finding a free port"))?
+        };
+        let m = &self.members[i];
+        let trust_root = self.trust_dir.join("trust-root.yaml");
+        let bootstrap: Vec<(NodeId, SocketAddr)> = match &m.bootstrap_override {
+            Some(b) => b.clone(),
+            None => self
+                .bootstrap
+                .iter()
+                .filter(|(id, _)| *id != m.node_id)
+                .copied()
+                .collect(),
+        };
+        let mut node_args: Vec<String> = vec![
+            "--name".into(),
+            m.name.clone(),
+            "--state-dir".into(),
+            m.state_dir.display().to_string(),
+            "--listen".into(),
+            addr.to_string(),
+            "--trust-root".into(),
+            trust_root.display().to_string(),
+            "--area".into(),
+            m.spec.area.clone(),
+            "--site-id".into(),
+            m.spec.site_id.clone(),
+            "--locality-group".into(),
+            m.spec.locality_group.clone(),
+            "--nat-group".into(),
+            m.spec.nat_group.clone(),
+            "--round-ms".into(),
+            self.opts.round.as_millis().to_string(),
+            "--probe-ms".into(),
+            self.opts.probe_interval.as_millis().to_string(),
+            "--heartbeat-ms".into(),
+            self.opts.heartbeat_interval.as_millis().to_string(),
+            "--updater-poll-ms".into(),
+            self.opts.updater_poll.as_millis().to_string(),
+            "--updater-apply-timeout".into(),
+            format!("{}s", self.opts.updater_apply_timeout.as_secs().max(1)),
+        ];
+        if m.spec.roles.contains(&NodeRole::Relay) {
+            node_args.push("--relay".into());
+        }
+        for (id, a) in bootstrap {
+            node_args.push("--bootstrap".into());
+            node_args.push(format!("{id}@{a}"));
+        }
+        let log = m.state_dir.join("host-agent.log");
+        let out = std::fs::File::create(&log).map_err(setup("host agent log"))?;
+        let err = out.try_clone().map_err(setup("host agent log"))?;
+        let child = std::process::Command::new(&mode.host_agent)
+            .arg("run")
+            .arg("--exit-with-parent")
+            .arg("--state-dir")
+            .arg(&m.state_dir)
+            .arg("--host-dir")
+            .arg(m.state_dir.join("host"))
+            .arg("--node-agent")
+            .arg(&mode.node_agent)
+            .arg("--ready-deadline-ms")
+            .arg(mode.ready_deadline.as_millis().to_string())
+            .arg("--probation-ms")
+            .arg(mode.probation.as_millis().to_string())
+            .arg("--")
+            .args(&node_args)
+            .env(
+                "FABRIC_LOG",
+                std::env::var("FABRIC_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| {
+                FleetError::Setup(format!(
+                    "starting {} for {}: {e}",
+                    mode.host_agent.display(),
+                    m.name
+                ))
+            })?;
+        tracing::info!(node = %m.name, pid = child.id(), %addr, log = %log.display(), "host agent started");
+        let m = &mut self.members[i];
+        m.addr = addr;
+        m.process = Some(NodeProcess { child, log });
         Ok(())
     }
 
@@ -375,6 +572,11 @@ impl LocalFleet {
         if let Some(h) = self.members[i].handle.take() {
             h.stop().await;
         }
+        if let Some(p) = self.members[i].process.take() {
+            let dir = self.members[i].state_dir.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || p.stop(&dir, Duration::from_secs(10))).await;
+        }
         Ok(())
     }
 
@@ -386,7 +588,7 @@ impl LocalFleet {
     /// for [`REBIND_WINDOW`].
     pub async fn restart_node(&mut self, name: &str) -> Result<(), FleetError> {
         let i = self.index(name)?;
-        if self.members[i].handle.is_some() {
+        if self.members[i].running() {
             return Ok(());
         }
         if self.members[i].detached {
@@ -407,11 +609,16 @@ impl LocalFleet {
         }
     }
 
-    /// The status of every running node.
+    /// The status of every running node: an in-process agent's own, a
+    /// process's from the `status.json` it writes (once it has).
     pub fn statuses(&self) -> Vec<NodeStatus> {
         self.members
             .iter()
-            .filter_map(|m| m.handle.as_ref().map(|h| h.status()))
+            .filter_map(|m| match (&m.handle, &m.process) {
+                (Some(h), _) => Some(h.status()),
+                (None, Some(_)) => fabric_node_agent::status::read(&m.state_dir).ok(),
+                (None, None) => None,
+            })
             .collect()
     }
 
@@ -422,11 +629,27 @@ impl LocalFleet {
 
     /// Stops every node, saving peer caches.
     pub async fn stop_all(&mut self) {
+        let mut stopping = Vec::new();
+        for m in &mut self.members {
+            if let Some(p) = m.process.take() {
+                // Every host agent gets its SIGTERM now; they stop in parallel.
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &p.pid().to_string()])
+                    .status();
+                stopping.push((p, m.state_dir.clone()));
+            }
+        }
         for m in &mut self.members {
             if let Some(h) = m.handle.take() {
                 h.stop().await;
             }
         }
+        let _ = tokio::task::spawn_blocking(move || {
+            for (p, dir) in stopping {
+                p.stop(&dir, Duration::from_secs(10));
+            }
+        })
+        .await;
     }
 
     /// The trust-root manifest file.

@@ -222,6 +222,8 @@ pub struct HostAgent {
     restart_at: Option<Instant>,
     last_health_ms: Option<u64>,
     own_digest: Option<String>,
+    /// The version the running node-agent reported with `READY=1`.
+    child_version: Option<String>,
 }
 
 impl HostAgent {
@@ -279,6 +281,7 @@ impl HostAgent {
             restart_at: Some(Instant::now()),
             last_health_ms: None,
             own_digest,
+            child_version: None,
         })
     }
 
@@ -332,6 +335,7 @@ impl HostAgent {
         let Some(mut r) = self.running.take() else {
             return;
         };
+        self.child_version = None;
         let group = r
             .child
             .id()
@@ -467,7 +471,7 @@ impl HostAgent {
         let status = HostStatus {
             host_agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             host_agent_digest: self.own_digest.clone(),
-            node_agent_version: None,
+            node_agent_version: self.child_version.clone(),
             node_agent_digest: self.running.as_ref().map(|r| r.sha.clone()),
             node_agent_slot: self.slots.current(),
             restarts: self.journal.restarts,
@@ -514,6 +518,7 @@ impl HostAgent {
                         .map(|s| s.to_string())
                         .unwrap_or_else(|| "unknown".into());
                     let sha = self.running.take().map(|r| r.sha).unwrap_or_default();
+                    self.child_version = None;
                     tracing::warn!(sha256 = %sha, status = %code, "node-agent exited");
                     if self.apply.is_some() {
                         self.on_event(Event::Exited(code)).await?;
@@ -526,8 +531,9 @@ impl HostAgent {
                 Woke::Notices(notices) => {
                     for n in notices {
                         match n {
-                            Notice::Ready { digest, .. } => {
+                            Notice::Ready { digest, version } => {
                                 self.last_health_ms = Some(now_ms());
+                                self.child_version = version;
                                 self.backoff.on_success(&());
                                 self.on_event(Event::Ready(digest)).await?;
                             }

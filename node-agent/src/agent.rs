@@ -108,6 +108,9 @@ pub struct AgentConfig {
     /// How long an apply request may go unanswered while this build runs
     /// before the attempt is rolled back as `apply_timeout`.
     pub updater_apply_timeout: Duration,
+    /// The build's version as heartbeats report it (what rollouts compare
+    /// with the intent's version).
+    pub version: String,
 }
 
 impl AgentConfig {
@@ -138,6 +141,7 @@ impl AgentConfig {
             updater_apply_timeout: Duration::from_millis(
                 crate::update::machine::DEFAULT_APPLY_TIMEOUT_MS,
             ),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }
 }
@@ -477,7 +481,7 @@ fn spawn_control_session(
     use crate::control::{ControlDriver, HeartbeatExtras, StatusHeartbeat};
     use fabric_proto::heartbeat::{UpdaterReport, UpdaterSubscription};
     let extras = HeartbeatExtras {
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        agent_version: cfg.version.clone(),
         host_agent_version: None,
         peer_metrics: Default::default(),
         // What a node without an updater reports; a node with one reports

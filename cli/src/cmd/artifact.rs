@@ -66,10 +66,10 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// What an intent names of a build.
-struct Pinned {
-    sha256: String,
-    size: u64,
-    pieces: PieceSpec,
+pub(crate) struct Pinned {
+    pub(crate) sha256: String,
+    pub(crate) size: u64,
+    pub(crate) pieces: PieceSpec,
 }
 
 fn check_piece_size(piece_size: u64) -> anyhow::Result<()> {
@@ -83,7 +83,7 @@ fn check_piece_size(piece_size: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pin(file: &Path, piece_size: u64) -> anyhow::Result<Pinned> {
+pub(crate) fn pin(file: &Path, piece_size: u64) -> anyhow::Result<Pinned> {
     check_piece_size(piece_size)?;
     let (size, sha256) = hash_file(file).with_context(|| format!("reading {}", file.display()))?;
     anyhow::ensure!(size > 0, "{}: the file is empty", file.display());

@@ -5,14 +5,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use fabric::edge::EdgeInventory;
-use fabric_compose::fleet::{localize, synthetic_nodes, FleetOptions, LocalFleet};
+use fabric_compose::fleet::{localize, synthetic_nodes, FleetOptions, LocalFleet, ProcessMode};
 use fabric_compose::replica::{Replica, ReplicaConfig};
 use fabric_node_agent::registry::RegistryStatus;
 use fabric_node_agent::status::NodeStatus;
+use fabric_node_agent::update::artifact::ArtifactStore;
 use fabric_reconciler::api::{self, ApiConfig, Token};
 use fabric_reconciler::controller::{ControlPlaneConfig, RolloutLoop};
-use fabric_reconciler::orchestrator::{Orchestrator, OrchestratorConfig, OrchestratorKeys};
+use fabric_reconciler::orchestrator::{
+    control, Orchestrator, OrchestratorConfig, OrchestratorKeys,
+};
 use fabric_reconciler::publish::Signer;
+use fabric_reconciler::rollout::RolloutPhase;
 use fabric_reconciler::source::{GitOpsConfig, Overlay};
 use fabric_reconciler::store::{EmbeddedStore, PostgresConfig, PostgresStore, Store};
 use fabric_schemas::kinds::{NodeRole, Spec};
@@ -56,10 +60,92 @@ pub(crate) struct Args {
     /// host agent).
     #[arg(long, default_value = "60s")]
     apply_timeout: String,
+    /// After converging, roll out a stand-in build to every node run by a
+    /// host agent: `next` (a genuinely different build reporting version
+    /// `<version>-next`) or `broken` (one that fails its health check: it
+    /// must be rolled back and the rollout must stop).
+    #[arg(long, value_enum)]
+    rollout: Option<RolloutBuild>,
+    /// With --rollout: exit 0 once every targeted node runs the new build and
+    /// the audit passes; exit 1 naming why when the rollout stops or fails,
+    /// or after --rollout-timeout.
+    #[arg(long, requires = "rollout")]
+    until_rolled_out: bool,
+    /// How long --until-rolled-out waits once the intent is published.
+    #[arg(long, default_value = "300s")]
+    rollout_timeout: String,
+    /// Run every node inside this process, without host agents (the default
+    /// when the fabric-host-agent and fabric-node-agent binaries are not
+    /// next to fabricctl; build them with `cargo build --workspace --bins`).
+    #[arg(long, conflicts_with = "rollout")]
+    in_process: bool,
     /// Where to write the context file that lets `fabricctl get|apply|audit|rollout`
     /// run without flags (default: $FABRIC_CONTEXT, else ~/.config/fabric/context.json).
     #[arg(long)]
     context: Option<PathBuf>,
+}
+
+/// The stand-in builds `--rollout` rolls out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RolloutBuild {
+    /// `fabric-node-agent-next`: the same agent, another digest and version.
+    Next,
+    /// `fabric-node-agent-broken`: exits before it says READY=1.
+    Broken,
+}
+
+impl RolloutBuild {
+    fn binary(self) -> &'static str {
+        match self {
+            RolloutBuild::Next => "fabric-node-agent-next",
+            RolloutBuild::Broken => "fabric-node-agent-broken",
+        }
+    }
+
+    fn version(self) -> String {
+        match self {
+            RolloutBuild::Next => format!("{}-next", env!("CARGO_PKG_VERSION")),
+            RolloutBuild::Broken => format!("{}-broken", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    fn intent(self) -> &'static str {
+        match self {
+            RolloutBuild::Next => "node-agent-next",
+            RolloutBuild::Broken => "node-agent-broken",
+        }
+    }
+}
+
+/// A binary next to this one (how `cargo build` lays out a workspace's).
+fn sibling(name: &str) -> Option<PathBuf> {
+    let p = std::env::current_exe().ok()?.parent()?.join(name);
+    p.is_file().then_some(p)
+}
+
+/// The nodes a reconciler replica runs beside: the `control-api` nodes, or
+/// the first node when none has the role.
+fn colocated_names(objects: &[fabric_schemas::manifest::Object]) -> Vec<String> {
+    let nodes: Vec<(&str, &fabric_schemas::kinds::FabricNodeSpec)> = objects
+        .iter()
+        .filter_map(|o| match &o.spec {
+            Spec::FabricNode(n) => Some((o.name(), n)),
+            _ => None,
+        })
+        .collect();
+    let control: Vec<String> = nodes
+        .iter()
+        .filter(|(_, n)| n.roles.contains(&NodeRole::ControlApi))
+        .map(|(name, _)| (*name).to_owned())
+        .collect();
+    if control.is_empty() {
+        nodes
+            .first()
+            .map(|(n, _)| vec![(*n).to_owned()])
+            .unwrap_or_default()
+    } else {
+        control
+    }
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -181,27 +267,76 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("resolving {}", a.state_dir.display()))?;
     // The watched GitOps folder: the operator's, or the synthetic fleet
     // written out so it can be edited like one.
-    let gitops_dir = match a.nodes {
-        Some(_) => {
+    let gitops_dir = match (a.nodes, a.rollout) {
+        (Some(_), _) | (_, Some(_)) => {
+            // With --rollout the copy leaves out the folder's own intents:
+            // the stand-in build is the one rollout of the node-agent.
+            let keep: Vec<_> = objects
+                .iter()
+                .filter(|o| a.rollout.is_none() || !matches!(o.spec, Spec::UpdateIntent(_)))
+                .cloned()
+                .collect();
             let dir = state_dir.join("manifests");
-            write_manifests(&dir, &objects)?;
+            write_manifests(&dir, &keep)?;
             dir
         }
-        None => std::path::absolute(&a.path)
+        (None, None) => std::path::absolute(&a.path)
             .with_context(|| format!("resolving {}", a.path.display()))?,
     };
+    let binaries = match (sibling("fabric-host-agent"), sibling("fabric-node-agent")) {
+        _ if a.in_process => None,
+        (Some(h), Some(n)) => Some((h, n)),
+        _ if a.rollout.is_some() => bail!(
+            "--rollout needs host agents: fabric-host-agent, fabric-node-agent and {} must be next to fabricctl (build them with `cargo build --workspace --bins`)",
+            a.rollout.map(RolloutBuild::binary).unwrap_or_default()
+        ),
+        _ => {
+            println!("note: fabric-host-agent and fabric-node-agent are not next to fabricctl; every node runs in this process (build them with `cargo build --workspace --bins` for host agents)");
+            None
+        }
+    };
+    let stand_in = match a.rollout {
+        Some(b) => Some(sibling(b.binary()).with_context(|| {
+            format!(
+                "--rollout {}: {} is not next to fabricctl (build it with `cargo build --workspace --bins`)",
+                b.intent(),
+                b.binary()
+            )
+        })?),
+        None => None,
+    };
+    let rollout_timeout = Duration::from_secs(
+        parse_duration(&a.rollout_timeout).context("--rollout-timeout")? as u64,
+    );
     let mut opts = FleetOptions::new(state_dir.clone());
     opts.round = Duration::from_millis(a.round_ms.max(50));
     opts.updater_apply_timeout = apply_timeout;
     // The control plane publishes every record, as in production.
     opts.seed_records = false;
+    let in_process = colocated_names(&objects);
+    if let Some((host_agent, node_agent)) = &binaries {
+        opts.processes = Some(ProcessMode {
+            host_agent: host_agent.clone(),
+            node_agent: node_agent.clone(),
+            in_process: in_process.clone(),
+            ready_deadline: Duration::from_secs(20),
+            probation: Duration::from_secs(3),
+        });
+    }
     let started = Instant::now();
     let mut fleet = LocalFleet::start(&objects, opts)
         .await
         .context("starting the fleet")?;
     let total = fleet.expected_records();
     let n = fleet.members.len();
-    let control = match ControlPlane::start(&mut fleet, &gitops_dir, &store_spec, &state_dir).await
+    let control = match ControlPlane::start(
+        &mut fleet,
+        in_process.clone(),
+        &gitops_dir,
+        &store_spec,
+        &state_dir,
+    )
+    .await
     {
         Ok(c) => c,
         Err(e) => {
@@ -241,6 +376,18 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut rollout = a.rollout.map(|build| LocalRollout {
+        build,
+        targets: fleet
+            .members
+            .iter()
+            .filter(|m| !in_process.contains(&m.name))
+            .map(|m| m.name.clone())
+            .collect(),
+        published: None,
+        last_line: String::new(),
+        last_print: Instant::now(),
+    });
     let mut done_at: Option<Duration> = None;
     let mut last_print = Instant::now();
     let code = loop {
@@ -263,7 +410,9 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
         };
         // Converged means every node active with the full directory and the
         // fleet audit (over the nodes' heartbeats) passing every criterion.
-        let audited = audit.as_ref().is_some_and(|r| r.converged);
+        let audited = audit
+            .as_ref()
+            .is_some_and(|r| r.converged && r.nodes.iter().filter(|x| x.fresh).count() >= n);
         if audited && done_at.is_none() {
             let t = started.elapsed();
             done_at = Some(t);
@@ -276,10 +425,22 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
                 "converged: {n}/{n} nodes active with {total}/{total} records in {:.1}s",
                 t.as_secs_f64()
             );
-            if a.until_converged {
+            if a.until_converged && rollout.is_none() {
                 break ExitCode::SUCCESS;
             }
-            println!("fleet running; Ctrl-C stops every node");
+            if let (Some(r), Some(binary)) = (rollout.as_mut(), &stand_in) {
+                r.publish(&fleet, &objects, &gitops_dir, binary)?;
+            } else {
+                println!("fleet running; Ctrl-C stops every node");
+            }
+        }
+        if let Some(r) = rollout.as_mut().filter(|r| r.published.is_some()) {
+            if let Some(code) = r
+                .watch(&control, &statuses, a.until_rolled_out, rollout_timeout)
+                .await
+            {
+                break code;
+            }
         }
         if done_at.is_none() && !tty && last_print.elapsed() >= Duration::from_secs(5) {
             println!(
@@ -290,12 +451,16 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
         }
         if done_at.is_some()
             && !a.until_converged
+            && !a.until_rolled_out
             && last_print.elapsed() >= Duration::from_secs(10)
         {
             print!("{}", table(&statuses, total));
             last_print = Instant::now();
         }
-        if a.until_converged && done_at.is_none() && started.elapsed() > timeout {
+        if (a.until_converged || a.until_rolled_out)
+            && done_at.is_none()
+            && started.elapsed() > timeout
+        {
             bar.finish_and_clear();
             print!("{}", table(&statuses, total));
             if let Some(r) = control.audit().await {
@@ -419,6 +584,7 @@ struct ControlPlane {
 impl ControlPlane {
     async fn start(
         fleet: &mut LocalFleet,
+        colocated: Vec<String>,
         gitops_dir: &Path,
         store_spec: &StoreSpec,
         state_dir: &Path,
@@ -445,18 +611,6 @@ impl ControlPlane {
                 *n = localize(n, *id, *addr);
             }
         }));
-        let mut colocated: Vec<String> = fleet
-            .members
-            .iter()
-            .filter(|m| m.spec.roles.contains(&NodeRole::ControlApi))
-            .map(|m| m.name.clone())
-            .collect();
-        if colocated.is_empty() {
-            // Someone must carry the published records into the fabric.
-            let first = fleet.members[0].name.clone();
-            tracing::warn!(node = %first, "no control-api node in the manifests; the control plane runs co-located with the first node");
-            colocated.push(first);
-        }
         let inventory = EdgeInventory::new();
         let mut replicas = Vec::new();
         let mut servers = Vec::new();
@@ -505,13 +659,20 @@ impl ControlPlane {
         fleet
             .members
             .iter()
-            .filter_map(|m| match &m.handle {
-                Some(h) => Some(h.status()),
-                None => self
-                    .replicas
-                    .iter()
-                    .find(|(n, _)| *n == m.name)
-                    .and_then(|(_, r)| r.agent().map(|a| a.status())),
+            .filter_map(|m| {
+                if m.detached {
+                    return self
+                        .replicas
+                        .iter()
+                        .find(|(n, _)| *n == m.name)
+                        .and_then(|(_, r)| r.agent().map(|a| a.status()));
+                }
+                match (&m.handle, &m.process) {
+                    (Some(h), _) => Some(h.status()),
+                    // A node-agent process: the status.json it writes.
+                    (None, Some(_)) => fabric_node_agent::status::read(&m.state_dir).ok(),
+                    (None, None) => None,
+                }
             })
             .collect()
     }
@@ -575,8 +736,205 @@ fn audit_line(r: &fabric_reconciler::audit::AuditReport) -> String {
         "audit: fabric_registry_runtime_report.status={} compat_control_dependency_nodes={} heartbeats={} acceptance criteria {passed}/{} passed{}",
         r.fabric_registry_runtime_report.status,
         r.compat_control_dependency_nodes.len(),
-        r.nodes.len().saturating_sub(r.nodes_without_heartbeat.len()),
+        r.nodes.iter().filter(|n| n.fresh).count(),
         r.acceptance_criteria.len(),
         if failing.is_empty() { String::new() } else { format!(", failing: {}", failing.join(", ")) }
     )
+}
+
+/// `--rollout`: the stand-in build published once the fleet converged, and
+/// the rollout watched until it ends.
+struct LocalRollout {
+    build: RolloutBuild,
+    /// The nodes run by host agents (the co-located ones cannot be swapped).
+    targets: Vec<String>,
+    /// When the intent was published.
+    published: Option<Instant>,
+    last_line: String,
+    last_print: Instant,
+}
+
+impl LocalRollout {
+    /// Stores the build in every `update-store` node's artifact store and
+    /// writes its intent (and a policy with the example's limits) into the
+    /// watched folder.
+    fn publish(
+        &mut self,
+        fleet: &LocalFleet,
+        objects: &[fabric_schemas::manifest::Object],
+        gitops_dir: &Path,
+        binary: &Path,
+    ) -> anyhow::Result<()> {
+        let pinned = super::artifact::pin(binary, 1024 * 1024)?;
+        let stores: Vec<String> = objects
+            .iter()
+            .filter_map(|o| match &o.spec {
+                Spec::ServiceRecord(s) if s.service == "update-store" => Some(s.providers.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        anyhow::ensure!(
+            !stores.is_empty(),
+            "--rollout: no update-store ServiceRecord names a node to serve the build"
+        );
+        for name in &stores {
+            let Some(m) = fleet.member(name) else {
+                continue;
+            };
+            ArtifactStore::new(&m.state_dir.join("artifacts"))
+                .import(binary, Some((&pinned.sha256, pinned.size)))
+                .with_context(|| format!("storing {} on {name}", binary.display()))?;
+        }
+        let version = self.build.version();
+        let policy = serde_json::json!({
+            "apiVersion": fabric_schemas::kinds::API_VERSION,
+            "kind": "RolloutPolicy",
+            "metadata": {"name": "local-careful"},
+            "spec": {
+                "strategy": "canary",
+                "maxParallel": 2,
+                "maxParallelPerArea": 1,
+                "maxUnavailable": 2,
+                "failureRateStopPercent": 20,
+                "canarySteps": [{"count": 1}, {"percent": 50}, {"percent": 100}],
+            },
+        });
+        let intent = serde_json::json!({
+            "apiVersion": fabric_schemas::kinds::API_VERSION,
+            "kind": "UpdateIntent",
+            "metadata": {"name": self.build.intent()},
+            "spec": {
+                "component": "node-agent",
+                "version": version,
+                "artifact": {
+                    "sha256": pinned.sha256,
+                    "size": pinned.size,
+                    "mirrors": [format!("fabric://update-store/node-agent/{version}")],
+                    "pieces": {"pieceSize": pinned.pieces.piece_size, "root": pinned.pieces.root},
+                },
+                "target": {"nodes": self.targets},
+                "policy": "local-careful",
+            },
+        });
+        for (file, doc) in [
+            ("rolloutpolicy-local-careful.json", policy),
+            (
+                &*format!("updateintent-{}.json", self.build.intent()),
+                intent,
+            ),
+        ] {
+            let path = gitops_dir.join(file);
+            fabric_schemas::keys::write_atomic(&path, &serde_json::to_vec_pretty(&doc)?, 0o644)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        println!(
+            "rollout {}: {} {} ({} bytes, sha256 {}) served by {}; {} nodes targeted (the co-located control-api nodes are not: no host agent runs them)",
+            self.build.intent(),
+            self.build.binary(),
+            version,
+            pinned.size,
+            &pinned.sha256[..16],
+            stores.join(", "),
+            self.targets.len()
+        );
+        self.published = Some(Instant::now());
+        Ok(())
+    }
+
+    /// One look at the rollout; `Some(code)` when `up` should exit.
+    async fn watch(
+        &mut self,
+        control: &ControlPlane,
+        statuses: &[NodeStatus],
+        until: bool,
+        timeout: Duration,
+    ) -> Option<ExitCode> {
+        let view = control::status(&*control.store, self.build.intent())
+            .await
+            .ok();
+        let version = self.build.version();
+        let on_new: Vec<&str> = statuses
+            .iter()
+            .filter(|s| self.targets.contains(&s.name))
+            .filter(|s| {
+                s.host
+                    .as_ref()
+                    .is_some_and(|h| h.node_agent_version.as_deref() == Some(version.as_str()))
+            })
+            .map(|s| s.name.as_str())
+            .collect();
+        let line = match &view {
+            Some(v) => format!(
+                "rollout {}: {} — {} done, {} in flight, {} failed, {} remaining of {} ({} running {version})",
+                v.intent,
+                v.phase.map_or("NotStarted".to_owned(), |p| format!("{p:?}")),
+                v.counts.done,
+                v.counts.in_flight,
+                v.counts.failed,
+                v.counts.remaining,
+                v.counts.target,
+                on_new.len()
+            ),
+            None => format!("rollout {}: not planned yet", self.build.intent()),
+        };
+        if line != self.last_line || self.last_print.elapsed() >= Duration::from_secs(10) {
+            println!("{line}");
+            self.last_line = line;
+            self.last_print = Instant::now();
+        }
+        let v = view?;
+        let elapsed = self.published.map(|t| t.elapsed()).unwrap_or_default();
+        match v.phase {
+            Some(RolloutPhase::Complete) => {
+                let audit = control.audit().await;
+                let audited = audit.as_ref().is_some_and(|r| r.converged);
+                if on_new.len() == self.targets.len() && audited {
+                    println!(
+                        "rolled out: {}/{} targeted nodes run {version} after {:.1}s; {}",
+                        on_new.len(),
+                        self.targets.len(),
+                        elapsed.as_secs_f64(),
+                        audit.as_ref().map(audit_line).unwrap_or_default()
+                    );
+                    if until {
+                        return Some(ExitCode::SUCCESS);
+                    }
+                }
+            }
+            Some(p @ (RolloutPhase::Stopped | RolloutPhase::Failed | RolloutPhase::Aborted)) => {
+                let why = v
+                    .stopped
+                    .as_ref()
+                    .map(|s| format!("{}: {}", s.reason, s.message))
+                    .unwrap_or_else(|| format!("{p:?}"));
+                let failed: Vec<String> = v
+                    .failed_nodes
+                    .iter()
+                    .map(|(n, w)| format!("{n} ({w})"))
+                    .collect();
+                // Nothing in flight any more: every node is on a committed build.
+                if until && v.counts.in_flight == 0 {
+                    eprintln!(
+                        "rollout {} did not complete: {why}; failed: {}; nodes running {version}: {}",
+                        v.intent,
+                        if failed.is_empty() { "none".into() } else { failed.join(", ") },
+                        if on_new.is_empty() { "none".into() } else { on_new.join(", ") }
+                    );
+                    return Some(ExitCode::from(1));
+                }
+            }
+            _ => {}
+        }
+        if until && elapsed > timeout {
+            eprintln!(
+                "rollout {} not finished after {:.0}s: {}",
+                v.intent,
+                timeout.as_secs_f64(),
+                self.last_line
+            );
+            return Some(ExitCode::from(1));
+        }
+        None
+    }
 }

@@ -51,6 +51,10 @@ struct RunArgs {
     #[arg(long, default_value_t = 10_000)]
     probation_ms: u64,
     /// The node-agent's arguments (after `--`).
+    /// Stop (as on SIGTERM, stopping the node-agent too) when the process
+    /// that started this one dies: for host agents a local fleet starts.
+    #[arg(long)]
+    exit_with_parent: bool,
     #[arg(last = true)]
     args: Vec<String>,
 }
@@ -139,6 +143,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
+    if a.exit_with_parent {
+        let parent = rustix::process::getppid();
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+            .context("asking to be stopped with the parent")?;
+        // The parent may have died before the request took effect.
+        if rustix::process::getppid() != parent {
+            anyhow::bail!("the process that started this host agent is gone");
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
