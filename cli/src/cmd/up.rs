@@ -262,6 +262,13 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
             report.objects
         }
     };
+    // With --rollout the folder's own intents are left out (and the watched
+    // folder is a copy): the stand-in build is the one rollout of the
+    // node-agent.
+    let objects: Vec<_> = objects
+        .into_iter()
+        .filter(|o| a.rollout.is_none() || !matches!(o.spec, Spec::UpdateIntent(_)))
+        .collect();
     prepare_state_dir(&a.state_dir)?;
     let state_dir = std::path::absolute(&a.state_dir)
         .with_context(|| format!("resolving {}", a.state_dir.display()))?;
@@ -269,15 +276,8 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
     // written out so it can be edited like one.
     let gitops_dir = match (a.nodes, a.rollout) {
         (Some(_), _) | (_, Some(_)) => {
-            // With --rollout the copy leaves out the folder's own intents:
-            // the stand-in build is the one rollout of the node-agent.
-            let keep: Vec<_> = objects
-                .iter()
-                .filter(|o| a.rollout.is_none() || !matches!(o.spec, Spec::UpdateIntent(_)))
-                .cloned()
-                .collect();
             let dir = state_dir.join("manifests");
-            write_manifests(&dir, &keep)?;
+            write_manifests(&dir, &objects)?;
             dir
         }
         (None, None) => std::path::absolute(&a.path)
