@@ -45,6 +45,9 @@ enum Command {
     /// Put builds into an update store; print the sha256, size and piece root an intent names.
     #[command(subcommand)]
     Artifact(cmd::artifact::Command),
+    /// Faults on demand against a running `fabricctl up`: kill a node, stop the control plane, heal.
+    #[command(subcommand)]
+    Fault(cmd::fault::Command),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Audit(a) => cmd::audit::run(a),
         Command::Rollout(c) => cmd::rollout::run(c),
         Command::Artifact(c) => cmd::artifact::run(c),
+        Command::Fault(c) => cmd::fault::run(c),
     };
     match result {
         Ok(code) => code,

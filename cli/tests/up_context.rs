@@ -59,6 +59,24 @@ fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> Result<(), S
     }
 }
 
+/// A plain HTTP/1.1 GET on loopback; the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("http response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read dir").flatten() {
@@ -122,6 +140,56 @@ fn operator_commands_need_only_the_context_file_and_an_edited_folder_reaches_the
         let active = t.lines().filter(|l| l.contains(" active ")).count();
         (o.status.success() && active == 12).then_some(()).ok_or(t)
     });
+    // The reconciler's /metrics (no token) carries the audit's figures
+    // under the seed's names.
+    let server = context["server"].as_str().expect("server").to_owned();
+    let audit = ctl(&ctx, &["audit", "-o", "json"]);
+    let a: serde_json::Value = serde_json::from_slice(&audit.stdout).expect("audit json");
+    let body = http_get(server.trim_start_matches("http://"), "/metrics");
+    let samples = fabric_runtime::metrics::parse(&body);
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name && label.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v))
+            })
+            .map(|(_, _, v)| *v)
+    };
+    for list in [
+        "compat_control_dependency_nodes",
+        "registry_candidate_only_nodes",
+        "updater_subscription_alert_nodes",
+        "updater_wake_unsupported_nodes",
+    ] {
+        let want = a[list].as_array().map(Vec::len).expect(list) as f64;
+        assert_eq!(value(list, None), Some(want), "{list}\n{body}");
+    }
+    assert_eq!(
+        value("bridge_hold_required", None),
+        Some(if a["bridge_hold_required"] == true {
+            1.0
+        } else {
+            0.0
+        })
+    );
+    assert_eq!(
+        value("fabric_converged", None),
+        Some(if a["converged"] == true { 1.0 } else { 0.0 })
+    );
+    for n in a["nodes"].as_array().expect("nodes") {
+        let node = n["node"].as_str().expect("name");
+        for m in ["direct_ready_count", "recovery_path_count"] {
+            assert!(
+                value(m, Some(("node", node))).is_some(),
+                "{m} {node}\n{body}"
+            );
+        }
+    }
+    assert_eq!(
+        value("fabric_rollout_nodes", Some(("state", "target"))),
+        Some(12.0),
+        "{body}"
+    );
     let wide = ctl(&ctx, &["get", "no", "-o", "wide"]);
     let t = text(&wide);
     assert!(wide.status.success(), "{t}");

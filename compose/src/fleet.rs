@@ -55,6 +55,9 @@ pub struct FleetOptions {
     /// Run nodes as real processes, each a host agent supervising a
     /// node-agent (`None`: every node is an in-process agent).
     pub processes: Option<ProcessMode>,
+    /// Every node serves `/metrics` on an ephemeral loopback port (listed
+    /// in its status's edge listeners as a `metrics-edge`).
+    pub metrics: bool,
 }
 
 /// How a fleet's nodes run as processes: `fabric-host-agent run` per node,
@@ -151,6 +154,7 @@ impl FleetOptions {
             updater_apply_timeout: Duration::from_secs(600),
             seed_records: true,
             processes: None,
+            metrics: false,
         }
     }
 }
@@ -345,6 +349,9 @@ impl LocalFleet {
         cfg.updater_fetch_attempts = self.opts.updater_fetch_attempts;
         cfg.updater_apply_timeout = self.opts.updater_apply_timeout;
         cfg.local_control = m.local_control.clone();
+        if self.opts.metrics {
+            cfg.metrics_listen = Some(SocketAddr::new(self.opts.host, 0));
+        }
         let mut tc = TransportConfig::new(m.addr);
         tc.connect_timeout = Duration::from_secs(2);
         tc.idle_timeout = Duration::from_secs(10);
@@ -421,6 +428,10 @@ impl LocalFleet {
         ];
         if m.spec.roles.contains(&NodeRole::Relay) {
             node_args.push("--relay".into());
+        }
+        if self.opts.metrics {
+            node_args.push("--metrics-listen".into());
+            node_args.push(SocketAddr::new(self.opts.host, 0).to_string());
         }
         for (id, a) in bootstrap {
             node_args.push("--bootstrap".into());
@@ -564,6 +575,42 @@ impl LocalFleet {
         })?;
         m.detached = true;
         Ok((handle, m.local_control.clone()))
+    }
+
+    /// Takes a node back from a co-located control plane that stopped (and
+    /// stopped its agent with it) and starts it again in process, with a
+    /// fresh control link; [`LocalFleet::detach`] hands it over again.
+    pub async fn reattach(&mut self, name: &str) -> Result<(), FleetError> {
+        let i = self.index(name)?;
+        let m = &mut self.members[i];
+        if !m.detached {
+            return Ok(());
+        }
+        m.detached = false;
+        m.local_control = Default::default();
+        self.restart_node(name).await
+    }
+
+    /// Kills one node as a crash of its machine would: a process node's
+    /// host agent and node-agent get SIGKILL (nothing is saved); an
+    /// in-process node is stopped.
+    pub async fn kill_node(&mut self, name: &str) -> Result<(), FleetError> {
+        let i = self.index(name)?;
+        let m = &mut self.members[i];
+        if m.detached {
+            return Err(FleetError::Detached(name.to_owned()));
+        }
+        if let Some(mut p) = m.process.take() {
+            let dir = m.state_dir.clone();
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            kill_node_agent(&dir);
+            return Ok(());
+        }
+        if let Some(h) = m.handle.take() {
+            h.stop().await;
+        }
+        Ok(())
     }
 
     /// Stops one node (saving its cache), as a crash of its machine would not.

@@ -38,6 +38,8 @@ pub enum EdgeRole {
     ArtifactEdge,
     /// Temporary overlap with the legacy system during migration.
     CompatOverlap,
+    /// A Prometheus `/metrics` endpoint (loopback by default).
+    MetricsEdge,
 }
 
 pub use fabric_proto::edge::{EdgeEntry, EdgeTarget, ReportedRole};
@@ -49,6 +51,7 @@ impl From<EdgeRole> for ReportedRole {
             EdgeRole::ControlApiIngress => ReportedRole::ControlApiIngress,
             EdgeRole::ArtifactEdge => ReportedRole::ArtifactEdge,
             EdgeRole::CompatOverlap => ReportedRole::CompatOverlap,
+            EdgeRole::MetricsEdge => ReportedRole::MetricsEdge,
         }
     }
 }

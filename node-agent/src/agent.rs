@@ -111,6 +111,9 @@ pub struct AgentConfig {
     /// The build's version as heartbeats report it (what rollouts compare
     /// with the intent's version).
     pub version: String,
+    /// Serve `/metrics` (Prometheus) on this TCP address, through the edge
+    /// inventory as a `metrics-edge`; `None`: no metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl AgentConfig {
@@ -142,6 +145,7 @@ impl AgentConfig {
                 crate::update::machine::DEFAULT_APPLY_TIMEOUT_MS,
             ),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            metrics_listen: None,
         }
     }
 }
@@ -165,6 +169,9 @@ pub enum AgentError {
     /// The transport could not bind its UDP socket or start.
     #[error("transport: {0}")]
     Transport(#[from] fabric::transport::TransportError),
+    /// The `/metrics` listener could not be opened.
+    #[error("metrics listener: {0}")]
+    Metrics(String),
 }
 
 enum Event {
@@ -418,6 +425,25 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         (None, None)
     };
 
+    let edges = EdgeInventory::new();
+    if let Some(addr) = cfg.metrics_listen {
+        let listener = edges
+            .bind(
+                fabric::edge::EdgeRole::MetricsEdge,
+                addr,
+                fabric::edge::EdgeTarget::Local {
+                    handler: "metrics".into(),
+                },
+            )
+            .await
+            .map_err(|e| AgentError::Metrics(e.to_string()))?;
+        tracing::info!(node = %cfg.name, addr = ?listener.local_addr(), "serving /metrics");
+        background.push(tokio::spawn(crate::metrics::serve(
+            listener,
+            status_tx.subscribe(),
+            shutdown_rx.clone(),
+        )));
+    }
     let driver = Driver {
         cfg,
         transport: transport.clone(),
@@ -425,7 +451,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         cache_path,
         events: events_tx.clone(),
         status: status_tx,
-        edges: EdgeInventory::new(),
+        edges,
         probe_targets,
         probe_queue,
         members,

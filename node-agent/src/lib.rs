@@ -28,6 +28,7 @@ pub mod directory;
 pub mod leases;
 pub mod loops;
 pub mod membership;
+pub mod metrics;
 pub mod node_core;
 pub mod registry;
 pub mod sim;

@@ -23,6 +23,8 @@ pub enum ReportedRole {
     ArtifactEdge,
     /// Temporary overlap with the legacy system during migration.
     CompatOverlap,
+    /// A Prometheus `/metrics` endpoint (loopback by default).
+    MetricsEdge,
     /// A listening socket nobody registered.
     Unclassified,
 }

@@ -24,6 +24,7 @@
 //! conditions).
 
 pub mod faults;
+pub mod metrics;
 pub mod queue;
 pub mod status;
 pub mod supervisor;

@@ -2,6 +2,7 @@ pub(crate) mod apply;
 pub(crate) mod artifact;
 pub(crate) mod audit;
 pub(crate) mod crds;
+pub(crate) mod fault;
 pub(crate) mod get;
 pub(crate) mod keys;
 pub(crate) mod rollout;

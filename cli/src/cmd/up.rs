@@ -311,6 +311,9 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
     let mut opts = FleetOptions::new(state_dir.clone());
     opts.round = Duration::from_millis(a.round_ms.max(50));
     opts.updater_apply_timeout = apply_timeout;
+    // Every node serves /metrics on an ephemeral loopback port (a declared
+    // metrics-edge; see each node's status.json edge_listeners).
+    opts.metrics = true;
     // The control plane publishes every record, as in production.
     opts.seed_records = false;
     let in_process = colocated_names(&objects);
@@ -329,7 +332,7 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
         .context("starting the fleet")?;
     let total = fleet.expected_records();
     let n = fleet.members.len();
-    let control = match ControlPlane::start(
+    let mut control = match ControlPlane::start(
         &mut fleet,
         in_process.clone(),
         &gitops_dir,
@@ -354,7 +357,7 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
     let shared_context = a.context.clone().or_else(crate::context::default_path);
     match control.write_context(&fleet, &store_spec, &state_dir, shared_context.as_deref()) {
         Ok(()) => println!(
-            "control API: {} ({} store); context written to {}{}; try `fabricctl get nodes`, `fabricctl audit`, `fabricctl rollout status NAME`",
+            "control API: {0} ({1} store), Prometheus metrics at {0}/metrics; context written to {2}{3}; try `fabricctl get nodes`, `fabricctl audit`, `fabricctl rollout status NAME`",
             control.servers.first().map(String::as_str).unwrap_or("-"),
             store_spec.label(),
             state_dir.join("context.json").display(),
@@ -389,6 +392,7 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
         last_print: Instant::now(),
     });
     let mut done_at: Option<Duration> = None;
+    let mut faults = Faults::default();
     let mut last_print = Instant::now();
     let code = loop {
         tokio::select! {
@@ -399,6 +403,27 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
                 println!("stopping {n} nodes...");
                 break ExitCode::SUCCESS;
             }
+        }
+        for (id, request) in super::fault::pending(&state_dir) {
+            let (ok, message) = match request {
+                Ok(f) => {
+                    let r = faults.apply(&f, &mut fleet, &mut control).await;
+                    if ok_and_changed_servers(&r, &f) {
+                        if let Err(e) = control.write_context(
+                            &fleet,
+                            &store_spec,
+                            &state_dir,
+                            shared_context.as_deref(),
+                        ) {
+                            eprintln!("warning: {e:#}");
+                        }
+                    }
+                    r
+                }
+                Err(e) => (false, format!("unreadable fault request: {e}")),
+            };
+            bar.suspend(|| println!("fault: {message}"));
+            super::fault::answer(&state_dir, &id, ok, message);
         }
         let statuses = control.statuses(&fleet);
         let ready = statuses.iter().filter(|s| converged(s, total)).count();
@@ -579,6 +604,10 @@ struct ControlPlane {
     token_file: PathBuf,
     store: Arc<dyn Store>,
     inventory: EdgeInventory,
+    signer: Signer,
+    token: Token,
+    overlay: Overlay,
+    gitops_dir: PathBuf,
 }
 
 impl ControlPlane {
@@ -611,19 +640,35 @@ impl ControlPlane {
                 *n = localize(n, *id, *addr);
             }
         }));
-        let inventory = EdgeInventory::new();
-        let mut replicas = Vec::new();
-        let mut servers = Vec::new();
-        for name in &colocated {
-            let (agent, slot) = fleet.detach(name)?;
+        let mut plane = ControlPlane {
+            replicas: Vec::new(),
+            colocated,
+            servers: Vec::new(),
+            token_file,
+            store,
+            inventory: EdgeInventory::new(),
+            signer,
+            token,
+            overlay,
+            gitops_dir: gitops_dir.to_path_buf(),
+        };
+        plane.start_replicas(fleet).await?;
+        Ok(plane)
+    }
+
+    /// Starts a replica beside every co-located node (taking its agent from
+    /// the fleet).
+    async fn start_replicas(&mut self, fleet: &mut LocalFleet) -> anyhow::Result<()> {
+        for name in self.colocated.clone() {
+            let (agent, slot) = fleet.detach(&name)?;
             let mut plane = ControlPlaneConfig::new(name.clone());
-            let mut g = GitOpsConfig::new(gitops_dir);
+            let mut g = GitOpsConfig::new(&self.gitops_dir);
             g.prune = true;
-            g.overlay = Some(overlay.clone());
+            g.overlay = Some(self.overlay.clone());
             plane.gitops = Some(g);
             let mut cfg = ReplicaConfig::new(plane);
-            cfg.api = Some(ApiConfig::new("127.0.0.1:0".parse()?, token.clone()));
-            cfg.inventory = Some(inventory.clone());
+            cfg.api = Some(ApiConfig::new("127.0.0.1:0".parse()?, self.token.clone()));
+            cfg.inventory = Some(self.inventory.clone());
             cfg.rollouts = Some(RolloutLoop {
                 orchestrator: Orchestrator::new(
                     OrchestratorKeys {
@@ -634,23 +679,31 @@ impl ControlPlane {
                 ),
                 interval: Duration::from_secs(1),
             });
-            let replica =
-                Replica::start_with_agent(store.clone(), signer.clone(), cfg, agent, slot)
-                    .await
-                    .with_context(|| format!("starting the reconciler replica on {name}"))?;
+            let replica = Replica::start_with_agent(
+                self.store.clone(),
+                self.signer.clone(),
+                cfg,
+                agent,
+                slot,
+            )
+            .await
+            .with_context(|| format!("starting the reconciler replica on {name}"))?;
             if let Some(addr) = replica.api_addr() {
-                servers.push(format!("http://{addr}"));
+                self.servers.push(format!("http://{addr}"));
             }
-            replicas.push((name.clone(), replica));
+            self.replicas.push((name, replica));
         }
-        Ok(ControlPlane {
-            replicas,
-            colocated,
-            servers,
-            token_file,
-            store,
-            inventory,
-        })
+        Ok(())
+    }
+
+    /// Stops every replica and its co-located node: the control edge is gone.
+    async fn stop_replicas(&mut self) {
+        for (name, r) in self.replicas.drain(..) {
+            if let Err(e) = r.stop().await {
+                tracing::warn!(node = %name, error = %e, "replica stopped with an error");
+            }
+        }
+        self.servers.clear();
     }
 
     /// Every node's status, in manifest order: the fleet's and the
@@ -715,12 +768,8 @@ impl ControlPlane {
         Ok(())
     }
 
-    async fn stop(self) {
-        for (name, r) in self.replicas {
-            if let Err(e) = r.stop().await {
-                tracing::warn!(node = %name, error = %e, "replica stopped with an error");
-            }
-        }
+    async fn stop(mut self) {
+        self.stop_replicas().await;
     }
 }
 
@@ -936,5 +985,116 @@ impl LocalRollout {
             return Some(ExitCode::from(1));
         }
         None
+    }
+}
+
+/// Whether an applied fault moved the Control API (the context names it).
+fn ok_and_changed_servers(r: &(bool, String), f: &super::fault::Fault) -> bool {
+    r.0 && matches!(f, super::fault::Fault::Heal)
+}
+
+/// What `fabricctl fault` requests changed, so `heal` can undo it.
+#[derive(Default)]
+struct Faults {
+    killed: Vec<String>,
+    control_stopped: bool,
+}
+
+impl Faults {
+    /// Applies one fault; `(applied, what happened or why not)`.
+    async fn apply(
+        &mut self,
+        f: &super::fault::Fault,
+        fleet: &mut LocalFleet,
+        control: &mut ControlPlane,
+    ) -> (bool, String) {
+        use super::fault::Fault;
+        match f {
+            Fault::KillNode { node } => {
+                if fleet.member(node).is_none() {
+                    return (false, format!("no node {node:?} in this fleet"));
+                }
+                if control.colocated.contains(node) {
+                    return (
+                        false,
+                        format!("{node} runs beside a reconciler replica; `fabricctl fault stop-control` stops it"),
+                    );
+                }
+                if self.killed.contains(node) {
+                    return (false, format!("{node} is already down"));
+                }
+                match fleet.kill_node(node).await {
+                    Ok(()) => {
+                        self.killed.push(node.clone());
+                        (true, format!("killed {node} (SIGKILL of its host agent and node-agent); the rest of the fleet rides through"))
+                    }
+                    Err(e) => (false, format!("killing {node}: {e}")),
+                }
+            }
+            Fault::StopControl => {
+                if self.control_stopped {
+                    return (false, "the control plane is already stopped".into());
+                }
+                control.stop_replicas().await;
+                self.control_stopped = true;
+                (
+                    true,
+                    format!(
+                        "stopped the control plane: the reconciler replicas and their nodes ({}); every other node keeps working from its signed directory",
+                        control.colocated.join(", ")
+                    ),
+                )
+            }
+            Fault::Heal => {
+                let mut done = Vec::new();
+                let mut failed = Vec::new();
+                for node in std::mem::take(&mut self.killed) {
+                    match fleet.restart_node(&node).await {
+                        Ok(()) => done.push(format!("restarted {node}")),
+                        Err(e) => {
+                            failed.push(format!("{node}: {e}"));
+                            self.killed.push(node);
+                        }
+                    }
+                }
+                if self.control_stopped {
+                    let mut back = true;
+                    for node in control.colocated.clone() {
+                        if let Err(e) = fleet.reattach(&node).await {
+                            failed.push(format!("{node}: {e}"));
+                            back = false;
+                        }
+                    }
+                    if back {
+                        match control.start_replicas(fleet).await {
+                            Ok(()) => {
+                                self.control_stopped = false;
+                                done.push(format!(
+                                    "control plane back at {}",
+                                    control.servers.first().map(String::as_str).unwrap_or("-")
+                                ));
+                            }
+                            Err(e) => failed.push(format!("control plane: {e:#}")),
+                        }
+                    }
+                }
+                match (done.is_empty(), failed.is_empty()) {
+                    (true, true) => (true, "nothing to heal".into()),
+                    (_, true) => (true, format!("healed: {}", done.join("; "))),
+                    _ => (
+                        false,
+                        format!(
+                            "healed: {}; not healed: {}",
+                            if done.is_empty() {
+                                "nothing".into()
+                            } else {
+                                done.join("; ")
+                            },
+                            failed.join("; ")
+                        ),
+                    ),
+                }
+            }
+        }
     }
 }

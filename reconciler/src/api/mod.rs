@@ -17,6 +17,7 @@
 pub mod apply;
 pub mod client;
 pub mod intake;
+pub mod metrics;
 mod reply_cache;
 
 use std::collections::BTreeMap;
@@ -377,6 +378,7 @@ fn operator_router(shared: Arc<Shared>) -> Router {
             post(heartbeat_handler).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BYTES)),
         )
         .route("/api/v1/audit", get(audit_handler))
+        .route("/metrics", get(metrics_handler))
         .route("/api/v1/rollouts/{name}", get(rollout_status_handler))
         .route(
             "/api/v1/rollouts/{name}/{action}",
@@ -707,6 +709,40 @@ async fn audit_handler(
         Ok(r) => Json(r).into_response(),
         Err(e) => store_err(e),
     }
+}
+
+/// `GET /metrics` (see [`metrics`]): no token, like most exporters.
+async fn metrics_handler(State(st): State<AppState>) -> Response {
+    let store = st.shared.store.as_ref();
+    let report = match run_audit(
+        store,
+        &st.shared.inventory,
+        st.shared.cfg.audit,
+        now_millis(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return store_err(e),
+    };
+    let intents = match store.list_objects(Kind::UpdateIntent).await {
+        Ok(i) => i,
+        Err(e) => return store_err(e),
+    };
+    let mut rollouts = Vec::with_capacity(intents.len());
+    for i in &intents {
+        match crate::orchestrator::control::status(store, i.name()).await {
+            Ok(v) => rollouts.push(v),
+            Err(e) => {
+                tracing::warn!(intent = %i.name(), error = %e, "rollout left out of /metrics")
+            }
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, fabric_runtime::metrics::CONTENT_TYPE)],
+        metrics::render(&report, &rollouts),
+    )
+        .into_response()
 }
 
 /// Loads the audit's inputs from the store and computes it.

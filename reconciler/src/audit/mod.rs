@@ -645,6 +645,7 @@ fn listener(owner: &str, e: &EdgeEntry) -> ListenerAudit {
         ReportedRole::ControlApiIngress => ("control-api-ingress", ListenerClass::ServiceEdge),
         ReportedRole::ArtifactEdge => ("artifact-edge", ListenerClass::ServiceEdge),
         ReportedRole::CompatOverlap => ("compat-overlap", ListenerClass::ServiceEdge),
+        ReportedRole::MetricsEdge => ("metrics-edge", ListenerClass::ServiceEdge),
         ReportedRole::Unclassified => ("unclassified", ListenerClass::Unclassified),
     };
     let anomaly = match class {

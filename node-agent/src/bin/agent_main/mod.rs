@@ -63,6 +63,10 @@ struct Args {
     /// Core-service probe interval in milliseconds.
     #[arg(long, default_value_t = 5000)]
     probe_ms: u64,
+    /// Serve Prometheus `/metrics` on this TCP address (e.g. 127.0.0.1:9464;
+    /// a registered `metrics-edge` listener). Off by default.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Heartbeat interval to the control plane in milliseconds.
     #[arg(long, default_value_t = 5000)]
     heartbeat_ms: u64,
@@ -143,6 +147,7 @@ async fn main(build: Build) -> anyhow::Result<()> {
     };
     cfg.probe_interval = Duration::from_millis(args.probe_ms.max(100));
     cfg.heartbeat_interval = Duration::from_millis(args.heartbeat_ms.max(100));
+    cfg.metrics_listen = args.metrics_listen;
     cfg.updater = !args.no_updater;
     cfg.updater_poll = Duration::from_millis(args.updater_poll_ms.max(100));
     cfg.updater_apply_timeout = Duration::from_secs(
