@@ -24,6 +24,53 @@ use fabric_node_agent::agent::{self, AgentConfig, AgentHandle};
 use fabric_node_agent::directory::labels_of;
 use fabric_node_agent::status::NodeStatus;
 
+/// A node admitted by [`LocalFleet::admit`].
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    /// Its key.
+    pub id: NodeId,
+    /// The UDP address its record names (free when admitted).
+    pub listen: SocketAddr,
+    /// Its signed spec.
+    pub spec: FabricNodeSpec,
+    /// `NODE_ID@ADDR` of the member it was admitted through (`--bootstrap`).
+    pub bootstrap: String,
+    /// The fleet's trust-root manifest (`--trust-root`).
+    pub trust_root: PathBuf,
+}
+
+impl Admitted {
+    /// The `fabric-node-agent` flags that run it as admitted.
+    pub fn node_agent_args(&self, name: &str, state_dir: &Path) -> Vec<String> {
+        vec![
+            "--name".into(),
+            name.into(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--listen".into(),
+            self.listen.to_string(),
+            "--trust-root".into(),
+            self.trust_root.display().to_string(),
+            "--bootstrap".into(),
+            self.bootstrap.clone(),
+            "--area".into(),
+            self.spec.area.clone(),
+            "--site-id".into(),
+            self.spec.site_id.clone(),
+            "--locality-group".into(),
+            self.spec.locality_group.clone(),
+            "--nat-group".into(),
+            self.spec.nat_group.clone(),
+            "--round-ms".into(),
+            "250".into(),
+            "--probe-ms".into(),
+            "500".into(),
+            "--heartbeat-ms".into(),
+            "1000".into(),
+        ]
+    }
+}
+
 /// How long [`LocalFleet::restart_node`] waits for a stopped node's port.
 pub const REBIND_WINDOW: Duration = Duration::from_secs(10);
 
@@ -223,6 +270,9 @@ pub struct LocalFleet {
     pub trust: TrustAnchor,
     /// Where the trust root and its keys are written.
     pub trust_dir: PathBuf,
+    /// The process's edge inventory: every in-process node registers its
+    /// listeners here, and so should a control plane in the same process.
+    pub inventory: fabric::edge::EdgeInventory,
     control: SigningKey,
     opts: FleetOptions,
     /// Every record signed for the fleet, as seeded into the first node.
@@ -296,6 +346,7 @@ impl LocalFleet {
             members,
             trust,
             trust_dir,
+            inventory: Default::default(),
             control,
             opts,
             records: Vec::new(),
@@ -349,6 +400,7 @@ impl LocalFleet {
         cfg.updater_fetch_attempts = self.opts.updater_fetch_attempts;
         cfg.updater_apply_timeout = self.opts.updater_apply_timeout;
         cfg.local_control = m.local_control.clone();
+        cfg.edges = Some(self.inventory.clone());
         if self.opts.metrics {
             cfg.metrics_listen = Some(SocketAddr::new(self.opts.host, 0));
         }
@@ -475,6 +527,60 @@ impl LocalFleet {
         m.addr = addr;
         m.process = Some(NodeProcess { child, log });
         Ok(())
+    }
+
+    /// Makes room for a node that runs outside the fleet (a process a test
+    /// starts itself): creates its key in `state_dir`, picks a free loopback
+    /// port, signs its `FabricNode` record (area `delta`, its own site, LAN
+    /// and NAT group) and hands it to the first running member, so the fleet
+    /// admits it.
+    pub async fn admit(&self, name: &str, state_dir: &Path) -> Result<Admitted, FleetError> {
+        std::fs::create_dir_all(state_dir).map_err(setup("node folder"))?;
+        let id = NodeIdentity::load_or_create(&state_dir.join("node.key"))
+            .map_err(setup("node key"))?
+            .node_id();
+        let listen = std::net::UdpSocket::bind(SocketAddr::new(self.opts.host, 0))
+            .and_then(|s| s.local_addr())
+            .map_err(setup("finding a free port"))?;
+        let spec = FabricNodeSpec {
+            area: "delta".into(),
+            site_id: "delta-site-1".into(),
+            locality_group: "delta-lan-1".into(),
+            nat_group: "delta-nat-1".into(),
+            node_id: Some(id.to_string()),
+            roles: vec![],
+            endpoints: vec![EndpointSpec {
+                address: listen.to_string(),
+                scope: EndpointScopeSpec::Public,
+                locality_group: None,
+                nat_group: None,
+            }],
+            critical: false,
+            resilience_target: None,
+        };
+        let seed = self
+            .members
+            .iter()
+            .find(|m| m.handle.is_some())
+            .ok_or(FleetError::NoNodes)?;
+        let record = self.sign(
+            &Spec::FabricNode(spec.clone()),
+            name,
+            now_unix().max(1) as u64,
+        )?;
+        seed.handle
+            .as_ref()
+            .ok_or(FleetError::NoNodes)?
+            .inject(record)
+            .await
+            .map_err(setup("admitting the node"))?;
+        Ok(Admitted {
+            id,
+            listen,
+            spec,
+            bootstrap: format!("{}@{}", seed.node_id, seed.addr),
+            trust_root: self.trust_root_file(),
+        })
     }
 
     /// Signs one spec with the fleet's control key; generation is the signing second.

@@ -114,6 +114,52 @@ pub struct AgentConfig {
     /// Serve `/metrics` (Prometheus) on this TCP address, through the edge
     /// inventory as a `metrics-edge`; `None`: no metrics listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// The process's edge inventory, when several agents (or an agent and a
+    /// control plane) share a process: one inventory per process, so the
+    /// listener audit (a scan of the process's sockets) knows each of them.
+    /// The node reports only the listeners it opened. `None`: its own.
+    pub edges: Option<EdgeInventory>,
+    /// External TCP ingress edges: each maps the connections it accepts
+    /// into fabric channels to a service on a provider node (the seed's
+    /// "external TCP exists only at the ingress edge").
+    pub ingress: Vec<IngressSpec>,
+}
+
+/// One ingress edge: TCP on `listen`, mapped to `service` on `provider`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngressSpec {
+    /// The TCP address external clients connect to.
+    pub listen: SocketAddr,
+    /// The fabric service on the provider.
+    pub service: String,
+    /// The provider node.
+    pub provider: NodeId,
+}
+
+impl std::str::FromStr for IngressSpec {
+    type Err = String;
+
+    /// `LISTEN=SERVICE@NODE_ID`, e.g. `0.0.0.0:8443=web@3f9c…` (64 hex).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (listen, target) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected LISTEN=SERVICE@NODE_ID"))?;
+        let (service, provider) = target
+            .split_once('@')
+            .ok_or_else(|| format!("{s:?}: expected LISTEN=SERVICE@NODE_ID"))?;
+        if service.is_empty() {
+            return Err(format!("{s:?}: the service name is empty"));
+        }
+        Ok(IngressSpec {
+            listen: listen
+                .parse()
+                .map_err(|e| format!("{s:?}: listen address {listen:?}: {e}"))?,
+            service: service.to_owned(),
+            provider: provider
+                .parse()
+                .map_err(|e| format!("{s:?}: provider {provider:?}: {e}"))?,
+        })
+    }
 }
 
 impl AgentConfig {
@@ -146,6 +192,8 @@ impl AgentConfig {
             ),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             metrics_listen: None,
+            edges: None,
+            ingress: Vec::new(),
         }
     }
 }
@@ -172,6 +220,9 @@ pub enum AgentError {
     /// The `/metrics` listener could not be opened.
     #[error("metrics listener: {0}")]
     Metrics(String),
+    /// An ingress edge could not be opened.
+    #[error("ingress edge: {0}")]
+    Ingress(String),
 }
 
 enum Event {
@@ -204,6 +255,8 @@ pub struct AgentHandle {
     /// Talks to the updater's supervisor; `None` without an updater.
     updater: Option<mpsc::UnboundedSender<SupervisorMsg>>,
     transport: Transport,
+    /// The ingress edges; each closes when dropped.
+    ingress: Vec<fabric::edge::IngressHandle>,
 }
 
 /// What the agent tells the updater's supervisor.
@@ -262,6 +315,9 @@ impl AgentHandle {
     /// Stops the agent, saving its peer cache first. When it returns, every
     /// task of the agent has ended and its UDP port can be bound again.
     pub async fn stop(self) {
+        for i in &self.ingress {
+            i.stop();
+        }
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
         self.transport.shutdown().await;
@@ -425,9 +481,13 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         (None, None)
     };
 
-    let edges = EdgeInventory::new();
+    let mut edges = NodeEdges {
+        inventory: cfg.edges.clone().unwrap_or_default(),
+        own: Vec::new(),
+    };
     if let Some(addr) = cfg.metrics_listen {
         let listener = edges
+            .inventory
             .bind(
                 fabric::edge::EdgeRole::MetricsEdge,
                 addr,
@@ -438,11 +498,27 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
             .await
             .map_err(|e| AgentError::Metrics(e.to_string()))?;
         tracing::info!(node = %cfg.name, addr = ?listener.local_addr(), "serving /metrics");
+        edges.own.extend(listener.local_addr().ok());
         background.push(tokio::spawn(crate::metrics::serve(
             listener,
             status_tx.subscribe(),
             shutdown_rx.clone(),
         )));
+    }
+    let mut ingress = Vec::with_capacity(cfg.ingress.len());
+    for spec in &cfg.ingress {
+        let h = fabric::edge::spawn_ingress(
+            &edges.inventory,
+            transport.clone(),
+            spec.listen,
+            spec.provider,
+            &spec.service,
+        )
+        .await
+        .map_err(|e| AgentError::Ingress(e.to_string()))?;
+        tracing::info!(node = %cfg.name, listen = %h.local_addr(), service = %spec.service, provider = %spec.provider.short(), "ingress edge open");
+        edges.own.push(h.local_addr());
+        ingress.push(h);
     }
     let driver = Driver {
         cfg,
@@ -488,6 +564,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         background,
         updater: updater_ctl,
         transport,
+        ingress,
     })
 }
 
@@ -992,7 +1069,7 @@ struct Driver {
     cache_path: PathBuf,
     events: mpsc::Sender<Event>,
     status: watch::Sender<NodeStatus>,
-    edges: EdgeInventory,
+    edges: NodeEdges,
     /// Core-service providers to probe (name -> key), read by the probe loop.
     probe_targets: watch::Sender<BTreeMap<String, NodeId>>,
     probe_queue: QueueHandle<String>,
@@ -1022,11 +1099,18 @@ struct Driver {
 struct TransportView<'a> {
     transport: &'a Transport,
     members: &'a Members,
-    edges: &'a EdgeInventory,
+    edges: &'a NodeEdges,
+}
+
+/// The listeners this node opened, in a possibly shared inventory.
+struct NodeEdges {
+    inventory: EdgeInventory,
+    /// Their bound addresses.
+    own: Vec<SocketAddr>,
 }
 
 impl<'a> TransportView<'a> {
-    fn of(transport: &'a Transport, members: &'a Members, edges: &'a EdgeInventory) -> Self {
+    fn of(transport: &'a Transport, members: &'a Members, edges: &'a NodeEdges) -> Self {
         TransportView {
             transport,
             members,
@@ -1057,7 +1141,12 @@ impl LinkView for TransportView<'_> {
     }
 
     fn edge_listeners(&self) -> Vec<fabric::edge::EdgeEntry> {
-        self.edges.entries()
+        self.edges
+            .inventory
+            .entries()
+            .into_iter()
+            .filter(|e| self.edges.own.contains(&e.bind))
+            .collect()
     }
 }
 

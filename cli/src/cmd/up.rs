@@ -646,7 +646,9 @@ impl ControlPlane {
             servers: Vec::new(),
             token_file,
             store,
-            inventory: EdgeInventory::new(),
+            // One inventory for the process: the in-process nodes' listeners
+            // and the replicas' Control API edges.
+            inventory: fleet.inventory.clone(),
             signer,
             token,
             overlay,

@@ -63,6 +63,11 @@ struct Args {
     /// Core-service probe interval in milliseconds.
     #[arg(long, default_value_t = 5000)]
     probe_ms: u64,
+    /// An external TCP ingress edge: `LISTEN=SERVICE@NODE_ID` maps every TCP
+    /// connection to LISTEN into a fabric channel to SERVICE on the node
+    /// NODE_ID (repeatable). Registered as a `service-ingress` edge.
+    #[arg(long = "ingress", value_parser = parse_ingress)]
+    ingress: Vec<fabric_node_agent::agent::IngressSpec>,
     /// Serve Prometheus `/metrics` on this TCP address (e.g. 127.0.0.1:9464;
     /// a registered `metrics-edge` listener). Off by default.
     #[arg(long)]
@@ -86,6 +91,10 @@ struct Args {
     /// `apply_timeout`; e.g. 90s, 10m.
     #[arg(long, default_value = "10m")]
     updater_apply_timeout: String,
+}
+
+fn parse_ingress(s: &str) -> Result<fabric_node_agent::agent::IngressSpec, String> {
+    s.parse()
 }
 
 fn parse_bootstrap(s: &str) -> anyhow::Result<(NodeId, SocketAddr)> {
@@ -148,6 +157,7 @@ async fn main(build: Build) -> anyhow::Result<()> {
     cfg.probe_interval = Duration::from_millis(args.probe_ms.max(100));
     cfg.heartbeat_interval = Duration::from_millis(args.heartbeat_ms.max(100));
     cfg.metrics_listen = args.metrics_listen;
+    cfg.ingress = args.ingress.clone();
     cfg.updater = !args.no_updater;
     cfg.updater_poll = Duration::from_millis(args.updater_poll_ms.max(100));
     cfg.updater_apply_timeout = Duration::from_secs(
