@@ -14,6 +14,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "fabricctl", version, about, long_about = None)]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per event); the filter is FABRIC_LOG.
+    #[arg(long, global = true, default_value = "text", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<fabric_runtime::logging::LogFormat>()))]
+    log_format: fabric_runtime::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,15 +54,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FABRIC_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,fabric::transport=error")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    fabric_runtime::logging::init(cli.log_format, "warn,fabric::transport=error");
     let result = match cli.command {
         Command::Up(a) => cmd::up::run(a),
         Command::Validate(a) => cmd::validate::run(a),

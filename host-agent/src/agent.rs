@@ -24,12 +24,9 @@ use crate::notify::{Notice, NotifySocket};
 use crate::phase::{step, Event, Phase, Window};
 use crate::slots::{hash_reader, Slots};
 
-/// The updater's request file, in the node-agent's `update/` folder.
-pub const APPLY_REQUEST_FILE: &str = "apply-request.json";
-/// The host agent's answer.
-pub const APPLY_RESULT_FILE: &str = "apply-result.json";
-/// The host agent's status for the node-agent's heartbeats.
-pub const HOST_STATUS_FILE: &str = "host-status.json";
+pub use fabric_proto::host::{
+    ApplyOutcome, ApplyRequest, APPLY_REQUEST_FILE, APPLY_RESULT_FILE, HOST_STATUS_FILE,
+};
 
 /// How the host agent runs.
 #[derive(Clone, Debug)]
@@ -66,37 +63,6 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// The updater's request (see the node-agent's `ApplyRequest`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyRequest {
-    /// The lease it runs under.
-    pub lease_id: String,
-    /// The intent.
-    pub intent: String,
-    /// Its generation.
-    pub generation: u64,
-    /// The artifact's sha256.
-    pub sha256: String,
-    /// Its size.
-    pub size: u64,
-    /// The staged artifact.
-    pub artifact: PathBuf,
-}
-
-/// The host agent's answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyResult {
-    /// `committed` or `rolled_back`.
-    pub outcome: String,
-    /// The request's lease.
-    pub lease_id: String,
-    /// The request's digest.
-    pub sha256: String,
-    /// Why it was rolled back.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
 }
 
 /// The host agent's journal (`<host>/phase.json`), persisted before each
@@ -359,12 +325,18 @@ impl HostAgent {
     }
 
     fn answer(&self, req: &ApplyRequest, outcome: &str, reason: Option<String>) {
-        let result = ApplyResult {
-            outcome: outcome.to_owned(),
-            lease_id: req.lease_id.clone(),
-            sha256: req.sha256.clone(),
-            reason: reason.clone(),
+        let result = match &reason {
+            None => ApplyOutcome::Committed {
+                lease_id: req.lease_id.clone(),
+                sha256: req.sha256.clone(),
+            },
+            Some(why) => ApplyOutcome::RolledBack {
+                lease_id: req.lease_id.clone(),
+                sha256: req.sha256.clone(),
+                reason: why.clone(),
+            },
         };
+        debug_assert_eq!(result.outcome(), outcome);
         match write_json(&self.update_dir().join(APPLY_RESULT_FILE), &result) {
             Ok(()) => {
                 tracing::info!(lease_id = %req.lease_id, sha256 = %req.sha256, outcome, ?reason, "apply answered")

@@ -61,11 +61,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> SlotError + '_ {
 }
 
 fn check_digest(sha: &str) -> Result<(), SlotError> {
-    if sha.len() == 64
-        && sha
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if fabric_schemas::is_sha256_hex(sha) {
         Ok(())
     } else {
         Err(SlotError::BadDigest(sha.to_owned()))

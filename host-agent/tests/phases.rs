@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fabric_host_agent::agent::{ApplyRequest, ApplyResult, APPLY_REQUEST_FILE, APPLY_RESULT_FILE};
+use fabric_host_agent::agent::{ApplyOutcome, ApplyRequest, APPLY_REQUEST_FILE, APPLY_RESULT_FILE};
 use fabric_host_agent::slots::hash_reader;
+use fabric_schemas::kinds::Component;
 
 const HA: &str = env!("CARGO_BIN_EXE_fabric-host-agent");
 
@@ -66,9 +67,12 @@ fn request(state: &Path, lease: &str, generation: u64, b: &(PathBuf, String, u64
         lease_id: lease.into(),
         intent: "agent-next".into(),
         generation,
+        component: Component::NodeAgent,
+        version: format!("0.0.{generation}"),
         sha256: b.1.clone(),
         size: b.2,
         artifact: b.0.clone(),
+        previous_sha256: None,
     };
     let dir = state.join("update");
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -77,16 +81,16 @@ fn request(state: &Path, lease: &str, generation: u64, b: &(PathBuf, String, u64
     std::fs::rename(&tmp, dir.join(APPLY_REQUEST_FILE)).expect("rename");
 }
 
-fn result_for(state: &Path, lease: &str) -> ApplyResult {
+fn result_for(state: &Path, lease: &str) -> ApplyOutcome {
     wait_for(
         &format!("the answer to {lease}"),
         Duration::from_secs(30),
         || {
-            let r: ApplyResult = serde_json::from_slice(
+            let r: ApplyOutcome = serde_json::from_slice(
                 &std::fs::read(state.join("update").join(APPLY_RESULT_FILE)).ok()?,
             )
             .ok()?;
-            (r.lease_id == lease).then_some(r)
+            (r.lease_id() == lease).then_some(r)
         },
     )
 }
@@ -137,7 +141,7 @@ fn failing_builds_roll_back_with_their_reason_a_good_one_commits_and_a_rolled_ba
     request(&state, "l1", 2, &crash);
     let r = result_for(&state, "l1");
     assert_eq!(
-        (r.outcome.as_str(), r.reason.as_deref()),
+        (r.outcome(), r.reason()),
         ("rolled_back", Some("exited_before_ready"))
     );
     assert_eq!(current(&host).as_deref(), Some(v1.1.as_str()));
@@ -148,7 +152,7 @@ fn failing_builds_roll_back_with_their_reason_a_good_one_commits_and_a_rolled_ba
     request(&state, "l2", 3, &mute);
     let r = result_for(&state, "l2");
     assert_eq!(
-        (r.outcome.as_str(), r.reason.as_deref()),
+        (r.outcome(), r.reason()),
         ("rolled_back", Some("no_readiness"))
     );
     assert!(
@@ -164,7 +168,7 @@ fn failing_builds_roll_back_with_their_reason_a_good_one_commits_and_a_rolled_ba
     let v2 = good(dir.path(), "v2");
     request(&state, "l3", 4, &v2);
     let r = result_for(&state, "l3");
-    assert_eq!((r.outcome.as_str(), r.reason), ("committed", None));
+    assert_eq!((r.outcome(), r.reason()), ("committed", None));
     assert_eq!(current(&host).as_deref(), Some(v2.1.as_str()));
     let prev = std::fs::read_link(host.join("previous")).expect("previous link");
     assert!(prev.ends_with(&v1.1), "{prev:?}");
@@ -173,7 +177,7 @@ fn failing_builds_roll_back_with_their_reason_a_good_one_commits_and_a_rolled_ba
     request(&state, "l4", 2, &crash);
     let r = result_for(&state, "l4");
     assert_eq!(
-        (r.outcome.as_str(), r.reason.as_deref()),
+        (r.outcome(), r.reason()),
         ("rolled_back", Some("denylisted"))
     );
     assert_eq!(current(&host).as_deref(), Some(v2.1.as_str()));
@@ -183,11 +187,9 @@ fn failing_builds_roll_back_with_their_reason_a_good_one_commits_and_a_rolled_ba
     lie.2 += 1;
     request(&state, "l5", 5, &lie);
     let r = result_for(&state, "l5");
-    assert_eq!(r.outcome, "rolled_back");
+    assert_eq!(r.outcome(), "rolled_back");
     assert!(
-        r.reason
-            .as_deref()
-            .is_some_and(|s| s.starts_with("swap_refused")),
+        r.reason().is_some_and(|s| s.starts_with("swap_refused")),
         "{r:?}"
     );
     assert_eq!(current(&host).as_deref(), Some(v2.1.as_str()));
@@ -370,7 +372,7 @@ fn sigkill_at_every_write_point_of_a_switch_leaves_a_bootable_current_and_the_ap
         // A restart finishes the apply.
         let mut ha = spawn_group(&state, &host, &v1.0, None);
         let r = result_for(&state, "l1");
-        assert_eq!(r.outcome, "committed", "{point}: {r:?}");
+        assert_eq!(r.outcome(), "committed", "{point}: {r:?}");
         assert_eq!(current(&host).as_deref(), Some(v2.1.as_str()), "{point}");
         kill_group(&mut ha, &host);
     }

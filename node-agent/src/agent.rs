@@ -1282,9 +1282,13 @@ impl Driver {
             .as_ref()
             .is_some_and(|(at, _)| at.elapsed() < STATUS_FILE_INTERVAL);
         if !fresh {
-            let read = std::fs::read(self.cfg.state_dir.join("host-status.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
+            let read = std::fs::read(
+                self.cfg
+                    .state_dir
+                    .join(fabric_proto::host::HOST_STATUS_FILE),
+            )
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
             self.host = Some((std::time::Instant::now(), read));
         }
         self.host.as_ref().and_then(|(_, h)| h.clone())

@@ -24,6 +24,7 @@
 //! conditions).
 
 pub mod faults;
+pub mod logging;
 pub mod metrics;
 pub mod queue;
 pub mod status;

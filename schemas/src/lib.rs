@@ -26,3 +26,20 @@ pub use envelope::{Envelope, Record};
 pub use kinds::{Kind, Spec};
 pub use scope::{Scope, ScopeTerm};
 pub use trust::{Role, TrustAnchor};
+
+/// Bits of a published record's generation taken by the publisher's
+/// re-sign counter: a record of an object at generation `g` carries
+/// `g << RESIGN_BITS | resigns`, so a re-signed record (a refreshed expiry)
+/// supersedes the previous one and a spec change supersedes every re-sign.
+/// The reconciler writes generations this way; nodes read the object's
+/// generation back (`generation >> RESIGN_BITS`).
+pub const RESIGN_BITS: u32 = 20;
+
+/// Whether `s` is a sha256 digest as Fabric spells one everywhere (an
+/// intent's `artifact.sha256`, artifact store folders, host-agent slots):
+/// 64 lowercase hex digits. Anything else must not name a file.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

@@ -33,6 +33,9 @@ use fabric_schemas::time::parse_duration;
     about = "The Fabric control plane"
 )]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per event); the filter is FABRIC_LOG.
+    #[arg(long, global = true, default_value = "text", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<fabric_runtime::logging::LogFormat>()))]
+    log_format: fabric_runtime::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -109,13 +112,8 @@ struct ServeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    fabric_runtime::logging::init(cli.log_format, "info");
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match cli.command {
         Command::Serve(a) => rt.block_on(serve(*a)),

@@ -19,6 +19,9 @@ use fabric_runtime::BackoffConfig;
 #[derive(Parser)]
 #[command(name = "fabric-host-agent", version, about)]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per event); the filter is FABRIC_LOG.
+    #[arg(long, global = true, default_value = "text", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<fabric_runtime::logging::LogFormat>()))]
+    log_format: fabric_runtime::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,14 +95,9 @@ struct InstallArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FABRIC_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    fabric_runtime::logging::init(cli.log_format, "info");
+    match cli.command {
         Command::Run(a) => run(a),
         Command::Notify(a) => {
             let mut msg = Vec::new();

@@ -145,6 +145,28 @@ pub fn verify_piece(
     index: u64,
     bytes: &[u8],
 ) -> Result<(), ArtifactError> {
+    let pinned = match digests {
+        Some(d) => Some(
+            d.get(index as usize)
+                .copied()
+                .ok_or(ArtifactError::BadPiece {
+                    sha256: sha.to_owned(),
+                    index,
+                })?,
+        ),
+        None => None,
+    };
+    check_piece(sha, layout, pinned, index, bytes)
+}
+
+/// [`verify_piece`] against the one pinned digest of piece `index`.
+fn check_piece(
+    sha: &str,
+    layout: &Layout,
+    pinned: Option<[u8; 32]>,
+    index: u64,
+    bytes: &[u8],
+) -> Result<(), ArtifactError> {
     let (_, want) = layout.range(index);
     if bytes.len() as u64 != want {
         return Err(ArtifactError::PieceLength {
@@ -154,8 +176,8 @@ pub fn verify_piece(
             want,
         });
     }
-    if let Some(d) = digests {
-        if d.get(index as usize) != Some(&sha256(bytes)) {
+    if let Some(d) = pinned {
+        if d != sha256(bytes) {
             return Err(ArtifactError::BadPiece {
                 sha256: sha.to_owned(),
                 index,
@@ -164,6 +186,15 @@ pub fn verify_piece(
     }
     Ok(())
 }
+
+/// `progress.json` is rewritten at most once per this many pieces...
+pub const SAVE_EVERY_PIECES: u32 = 16;
+/// ... or once this long has passed since the last save (and always when
+/// the last piece is in). A piece written but not yet recorded is fetched
+/// again after a crash: only recorded pieces are trusted, so batching costs
+/// at most these pieces of refetch and saves rewriting the whole list for
+/// every piece.
+pub const SAVE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A fetch in progress, persisted beside `partial`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +206,12 @@ pub struct Progress {
     pub digests: Vec<String>,
     /// Which pieces are written, fsynced and verified.
     pub have: Vec<bool>,
+    /// Pieces recorded in `have` since the last save.
+    #[serde(skip)]
+    unsaved: u32,
+    /// When `progress.json` was last written.
+    #[serde(skip)]
+    saved_at: Option<std::time::Instant>,
 }
 
 impl Progress {
@@ -185,7 +222,23 @@ impl Progress {
                 .map(|d| d.iter().map(hex::encode).collect())
                 .unwrap_or_default(),
             have: vec![false; layout.count() as usize],
+            unsaved: 0,
+            saved_at: None,
         }
+    }
+
+    /// The pinned digest of piece `index`, when pieces are pinned: `Err`
+    /// when pinned but unreadable or missing.
+    fn digest(&self, index: u64) -> Result<Option<[u8; 32]>, ()> {
+        if self.digests.is_empty() {
+            return Ok(None);
+        }
+        self.digests
+            .get(index as usize)
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| b.try_into().ok())
+            .map(Some)
+            .ok_or(())
     }
 
     /// The pinned digests, decoded.
@@ -318,8 +371,13 @@ impl ArtifactStore {
         index: u64,
         bytes: &[u8],
     ) -> Result<(), ArtifactError> {
-        let digests = progress.digests();
-        verify_piece(sha, &progress.layout, digests.as_deref(), index, bytes)?;
+        let pinned = progress
+            .digest(index)
+            .map_err(|()| ArtifactError::BadPiece {
+                sha256: sha.to_owned(),
+                index,
+            })?;
+        check_piece(sha, &progress.layout, pinned, index, bytes)?;
         let partial = self.partial_path(sha);
         let f = OpenOptions::new()
             .write(true)
@@ -332,7 +390,25 @@ impl ArtifactStore {
         if let Some(h) = progress.have.get_mut(index as usize) {
             *h = true;
         }
+        progress.unsaved += 1;
+        let due = progress.unsaved >= SAVE_EVERY_PIECES
+            || progress.saved_at.is_none_or(|t| t.elapsed() >= SAVE_EVERY)
+            || progress.have.iter().all(|h| *h);
+        if due {
+            self.flush(sha, progress)?;
+        }
+        Ok(())
+    }
+
+    /// Records every piece put so far in `progress.json` (a fetch that
+    /// stops early calls it, so a resume keeps them).
+    pub fn flush(&self, sha: &str, progress: &mut Progress) -> Result<(), ArtifactError> {
+        if progress.unsaved == 0 {
+            return Ok(());
+        }
         self.save_progress(sha, progress)?;
+        progress.unsaved = 0;
+        progress.saved_at = Some(std::time::Instant::now());
         faults::point("artifact:progress_saved");
         Ok(())
     }
@@ -596,7 +672,12 @@ mod tests {
                 .expect("piece");
         }
         assert!(!store.is_staged(&sha, data.len() as u64));
-        // A restart resumes with what was verified.
+        // Saves are batched: a crash now keeps the first piece (recorded at
+        // once) and fetches the two unrecorded ones again.
+        let crashed = store.begin(&sha, layout, Some(&digests)).expect("resume");
+        assert_eq!(crashed.missing(), vec![0, 1, 2, 3]);
+        // A fetch that stops flushes; a restart resumes with all of them.
+        store.flush(&sha, &mut p).expect("flush");
         let mut p = store.begin(&sha, layout, Some(&digests)).expect("resume");
         assert_eq!(p.missing(), vec![1, 3]);
         // Neighbours can already read the verified pieces.

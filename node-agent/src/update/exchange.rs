@@ -88,11 +88,7 @@ pub async fn serve_one(
         Request::Pieces { sha256, .. } | Request::Range { sha256, .. } => sha256,
     };
     // The digest names a folder of the store: nothing but a digest passes.
-    if sha.len() != 64
-        || !sha
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if !fabric_schemas::is_sha256_hex(sha) {
         return Err(format!("bad request: {sha:?} is not a sha256"));
     }
     let not_here = |what: &str| Reply {
@@ -428,6 +424,16 @@ pub async fn fetch(
             .map(|p| p.missing().is_empty())
             .unwrap_or(false);
         if !complete {
+            // Keep what was fetched for the next attempt.
+            let (s, sha, p) = (store.clone(), plan.sha256.clone(), progress.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Ok(mut p) = p.lock() {
+                    if let Err(e) = s.flush(&sha, &mut p) {
+                        tracing::warn!(error = %e, "cannot record the fetched pieces");
+                    }
+                }
+            })
+            .await;
             return Err(FetchError::NoSource {
                 sha256: plan.sha256.clone(),
                 tried,

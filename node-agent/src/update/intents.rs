@@ -18,9 +18,7 @@ use super::machine::{IntentRef, LeaseView};
 use crate::directory::Directory;
 use crate::leases::LeaseCheck;
 
-/// Record generations of published objects are `object generation << 20`
-/// plus re-signs (see the reconciler's publisher).
-const RESIGN_BITS: u32 = 20;
+use fabric_schemas::RESIGN_BITS;
 
 /// An intent the node holds for one component.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -102,27 +102,8 @@ pub enum ArtifactView {
     },
 }
 
-/// The host agent's answer to an apply request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "outcome")]
-pub enum HostOutcome {
-    /// The new build runs and passed its probation.
-    Committed {
-        /// The lease the request named.
-        lease_id: String,
-        /// The digest now running.
-        sha256: String,
-    },
-    /// The new build failed; the previous one runs again.
-    RolledBack {
-        /// The lease the request named.
-        lease_id: String,
-        /// The digest that failed.
-        sha256: String,
-        /// What failed (no readiness, a crash in probation, ...).
-        reason: String,
-    },
-}
+/// The host agent's answer, as the machine reads it.
+pub use fabric_proto::host::ApplyOutcome as HostOutcome;
 
 /// Everything the machine reads besides the journal.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -41,10 +41,7 @@ use super::machine::{self, ArtifactView, Command, HostOutcome, Journal, Observed
 
 /// The file the control session writes on a fresh hint generation.
 pub const TRIGGER_FILE: &str = "update-trigger.json";
-/// The updater's request to the host agent.
-pub const APPLY_REQUEST_FILE: &str = "apply-request.json";
-/// The host agent's answer.
-pub const APPLY_RESULT_FILE: &str = "apply-result.json";
+pub use fabric_proto::host::{APPLY_REQUEST_FILE, APPLY_RESULT_FILE};
 
 /// How long a node that is not its area's seed waits before fetching.
 pub const SEED_HEAD_START: Duration = Duration::from_secs(1);
@@ -210,28 +207,7 @@ impl Liveness {
     }
 }
 
-/// The host agent's request, `apply-request.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyRequest {
-    /// The lease the apply runs under.
-    pub lease_id: String,
-    /// The intent.
-    pub intent: String,
-    /// Its generation.
-    pub generation: u64,
-    /// The component to replace.
-    pub component: Component,
-    /// The version it installs.
-    pub version: String,
-    /// The staged artifact's sha256.
-    pub sha256: String,
-    /// Its size.
-    pub size: u64,
-    /// Where the staged artifact is (read-only, verified).
-    pub artifact: PathBuf,
-    /// The digest running before the apply (what a rollback restores).
-    pub previous_sha256: Option<String>,
-}
+pub use fabric_proto::host::ApplyRequest;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()

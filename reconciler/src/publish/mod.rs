@@ -73,8 +73,7 @@ pub const PUBLISHED_KINDS: [Kind; 4] = [
 /// The condition this loop owns.
 pub const PUBLISHED_CONDITION: &str = "Published";
 
-/// Bits of the record generation taken by the re-sign counter.
-pub const RESIGN_BITS: u32 = 20;
+pub use fabric_schemas::RESIGN_BITS;
 
 /// The record generation for an object at `object_generation` given the
 /// generation of the record already stored (see the module docs).

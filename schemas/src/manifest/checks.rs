@@ -174,18 +174,12 @@ fn service(s: &ServiceRecordSpec, e: &mut Errors<'_>) {
     }
 }
 
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 fn intent(s: &UpdateIntentSpec, e: &mut Errors<'_>) {
     if s.version.trim().is_empty() {
         e.push("spec.version", "must not be empty");
     }
     let a = &s.artifact;
-    if !is_sha256_hex(&a.sha256) {
+    if !crate::is_sha256_hex(&a.sha256) {
         e.push(
             "spec.artifact.sha256",
             format!("{:?} is not 64 lower-case hex digits", a.sha256),
@@ -209,7 +203,7 @@ fn intent(s: &UpdateIntentSpec, e: &mut Errors<'_>) {
                 ),
             );
         }
-        if !is_sha256_hex(&p.root) {
+        if !crate::is_sha256_hex(&p.root) {
             e.push(
                 "spec.artifact.pieces.root",
                 format!("{:?} is not 64 lower-case hex digits", p.root),

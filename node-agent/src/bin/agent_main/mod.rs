@@ -72,6 +72,9 @@ struct Args {
     /// a registered `metrics-edge` listener). Off by default.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Log lines as `text` or `json` (one object per event); the filter is FABRIC_LOG.
+    #[arg(long, default_value = "text", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<fabric_runtime::logging::LogFormat>()))]
+    log_format: fabric_runtime::logging::LogFormat,
     /// Heartbeat interval to the control plane in milliseconds.
     #[arg(long, default_value_t = 5000)]
     heartbeat_ms: u64,
@@ -126,13 +129,8 @@ pub(crate) fn run(build: Build) -> anyhow::Result<()> {
 }
 
 async fn main(build: Build) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FABRIC_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
+    fabric_runtime::logging::init(args.log_format, "info");
     let spec = fabric_schemas::keys::read_trust_root_manifest(&args.trust_root)?;
     let trust = TrustAnchor::from_spec(&spec).context("trust root")?;
     let mut cfg = AgentConfig::new(&args.name, args.state_dir.clone(), args.listen, trust);
