@@ -9,7 +9,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fabric::identity::NodeIdentity;
 use fabric_compose::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
 use fabric_host_agent::agent::{HostAgent, HostConfig};
 use fabric_host_agent::phase::Window;
@@ -17,8 +16,7 @@ use fabric_node_agent::status::{self, NodeStatus};
 use fabric_node_agent::update::artifact::{hash_file, ArtifactStore};
 use fabric_runtime::BackoffConfig;
 use fabric_schemas::kinds::{
-    ArtifactSpec, Component, EndpointScopeSpec, EndpointSpec, FabricNodeSpec, RolloutLeaseSpec,
-    Spec, TargetSelector, UpdateIntentSpec,
+    ArtifactSpec, Component, RolloutLeaseSpec, Spec, TargetSelector, UpdateIntentSpec,
 };
 use fabric_schemas::time::{format_rfc3339, now_unix};
 use fabric_schemas::{Envelope, Record, Role, Scope, ScopeTerm};
@@ -57,36 +55,9 @@ async fn a_host_agent_applies_and_commits_a_new_node_agent_build_under_a_lease()
     .expect("fleet");
     let seed = fleet.handle(&fleet.members[0].name).expect("seed");
 
-    // The node the host agent runs.
+    // The node the host agent runs, admitted into the fleet.
     let state = dir.path().join("extra-1");
-    std::fs::create_dir_all(&state).expect("mkdir");
-    let id = NodeIdentity::load_or_create(&state.join("node.key"))
-        .expect("key")
-        .node_id();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let node = Spec::FabricNode(FabricNodeSpec {
-        area: "delta".into(),
-        site_id: "delta-site-1".into(),
-        locality_group: "delta-lan-1".into(),
-        nat_group: "delta-nat-1".into(),
-        node_id: Some(id.to_string()),
-        roles: vec![],
-        endpoints: vec![EndpointSpec {
-            address: listen.clone(),
-            scope: EndpointScopeSpec::Public,
-            locality_group: None,
-            nat_group: None,
-        }],
-        critical: false,
-        resilience_target: None,
-    });
-    seed.inject(fleet.sign(&node, "extra-1", 1).expect("sign"))
-        .await
-        .expect("node record");
+    let admitted = fleet.admit("extra-1", &state).await.expect("admitted");
 
     // Build 2: the same program with a different digest.
     let v1 = Path::new(env!("CARGO_BIN_EXE_fabric-node-agent"));
@@ -101,43 +72,16 @@ async fn a_host_agent_applies_and_commits_a_new_node_agent_build_under_a_lease()
         .import(&v2, None)
         .expect("import");
 
-    let seed_member = &fleet.members[0];
     let host_dir = dir.path().join("host");
     let agent = HostAgent::new(HostConfig {
         state_dir: state.clone(),
         host_dir: host_dir.clone(),
         initial: Some(v1.to_path_buf()),
-        args: [
-            "--name",
-            "extra-1",
-            "--listen",
-            &listen,
-            "--round-ms",
-            "250",
-            "--probe-ms",
-            "500",
-            "--updater-poll-ms",
-            "1000",
-            "--area",
-            "delta",
-            "--site-id",
-            "delta-site-1",
-            "--locality-group",
-            "delta-lan-1",
-            "--nat-group",
-            "delta-nat-1",
-            "--bootstrap",
-            &format!("{}@{}", seed_member.node_id, seed_member.addr),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([
-            "--state-dir".to_owned(),
-            state.display().to_string(),
-            "--trust-root".to_owned(),
-            fleet.trust_root_file().display().to_string(),
-        ])
-        .collect(),
+        args: admitted
+            .node_agent_args("extra-1", &state)
+            .into_iter()
+            .chain(["--updater-poll-ms".to_owned(), "1000".to_owned()])
+            .collect(),
         window: Window {
             ready_deadline: Duration::from_secs(30),
             probation: Duration::from_secs(1),

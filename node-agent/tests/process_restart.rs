@@ -5,11 +5,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fabric::identity::NodeIdentity;
-use fabric_compose::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
+use fabric_compose::fleet::{synthetic_nodes, Admitted, FleetOptions, LocalFleet};
 use fabric_node_agent::registry::RegistryStatus;
 use fabric_node_agent::status::{self, NodeStatus};
-use fabric_schemas::kinds::{EndpointScopeSpec, EndpointSpec, FabricNodeSpec, Spec};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -18,33 +16,9 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn spawn(state: &Path, listen: &str, trust: &Path, bootstrap: &str) -> Child {
+fn spawn(state: &Path, admitted: &Admitted) -> Child {
     Command::new(env!("CARGO_BIN_EXE_fabric-node-agent"))
-        .args([
-            "--name",
-            "extra-1",
-            "--listen",
-            listen,
-            "--round-ms",
-            "250",
-            "--probe-ms",
-            "500",
-        ])
-        .args([
-            "--area",
-            "delta",
-            "--site-id",
-            "delta-site-1",
-            "--locality-group",
-            "delta-lan-1",
-            "--nat-group",
-            "delta-nat-1",
-        ])
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--trust-root")
-        .arg(trust)
-        .args(["--bootstrap", bootstrap])
+        .args(admitted.node_agent_args("extra-1", state))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -92,45 +66,11 @@ async fn sigkilled_node_agent_restarts_from_its_cache_without_the_control_plane(
     .await
     .expect("fleet");
     let state = dir.path().join("extra-1");
-    std::fs::create_dir_all(&state).expect("mkdir");
-    let id = NodeIdentity::load_or_create(&state.join("node.key"))
-        .expect("key")
-        .node_id();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let admitted = fleet.admit("extra-1", &state).await.expect("admitted");
     let seed = &fleet.members[0];
-    let bootstrap = format!("{}@{}", seed.node_id, seed.addr);
-    let trust = fleet.trust_root_file();
-
-    let node = Spec::FabricNode(FabricNodeSpec {
-        area: "delta".into(),
-        site_id: "delta-site-1".into(),
-        locality_group: "delta-lan-1".into(),
-        nat_group: "delta-nat-1".into(),
-        node_id: Some(id.to_string()),
-        roles: vec![],
-        endpoints: vec![EndpointSpec {
-            address: listen.clone(),
-            scope: EndpointScopeSpec::Public,
-            locality_group: None,
-            nat_group: None,
-        }],
-        critical: false,
-        resilience_target: None,
-    });
-    let rec = fleet.sign(&node, "extra-1", 1).expect("sign");
-    fleet
-        .handle(&seed.name)
-        .expect("seed")
-        .inject(rec)
-        .await
-        .expect("accepted");
     let total = fleet.expected_records() + 1;
 
-    let mut child = Reap(Some(spawn(&state, &listen, &trust, &bootstrap)));
+    let mut child = Reap(Some(spawn(&state, &admitted)));
     wait_status(&state, "process converges", |s| {
         s.directory_records == total && s.registry.status == RegistryStatus::Active
     })
@@ -154,7 +94,7 @@ async fn sigkilled_node_agent_restarts_from_its_cache_without_the_control_plane(
     }
 
     let restarted_at = now_ms();
-    child.0 = Some(spawn(&state, &listen, &trust, &bootstrap));
+    child.0 = Some(spawn(&state, &admitted));
     let s = wait_status(&state, "restarted process active from its cache", |s| {
         s.updated_ms > restarted_at
             && s.directory_records == total
