@@ -197,35 +197,51 @@ fn converged(s: &NodeStatus, total: usize) -> bool {
     s.directory_records >= total && s.registry.status == RegistryStatus::Active
 }
 
-fn table(statuses: &[NodeStatus], total: usize) -> String {
+/// The fleet view: one line per running node. `roles` are the nodes'
+/// roles from the desired state; the version is what the node's host agent
+/// saw it report on readiness (in-process nodes run this build).
+fn table(statuses: &[NodeStatus], total: usize, roles: &BTreeMap<String, String>) -> String {
     let mut out = format!(
-        "{:<14} {:<8} {:<22} {:>9} {:<15} {:>5} {:>6} {:>9} {:>8} {:<10} {:<12}\n",
+        "{:<12} {:<7} {:<13} {:<24} {:<13} {:>9} {:<15} {:<12} {:>6} {:>5} {:>9} {:>8} {:<10}\n",
         "NODE",
         "AREA",
-        "LISTEN",
+        "NAT-GROUP",
+        "ROLES",
+        "VERSION",
         "DIRECTORY",
         "REGISTRY",
-        "PEERS",
+        "UPDATE",
         "DIRECT",
+        "RELAY",
         "EXT-AREAS",
         "RECOVERY",
-        "RESILIENCE",
-        "UPDATE"
+        "RESILIENCE"
     );
     for s in statuses {
+        let version = s
+            .host
+            .as_ref()
+            .and_then(|h| h.node_agent_version.clone())
+            .unwrap_or_else(|| {
+                if s.host.is_some() {
+                    "-".into()
+                } else {
+                    env!("CARGO_PKG_VERSION").into()
+                }
+            });
         out.push_str(&format!(
-            "{:<14} {:<8} {:<22} {:>4}/{:<4} {:<15} {:>5} {:>6} {:>9} {:>8} {:<10} {:<12}\n",
+            "{:<12} {:<7} {:<13} {:<24} {:<13} {:>4}/{:<4} {:<15} {:<12} {:>6} {:>5} {:>9} {:>8} {:<10}\n",
             s.name,
             s.area,
-            s.listen,
+            s.nat_group,
+            roles.get(&s.name).map_or("-", String::as_str),
+            version,
             s.directory_records,
             total,
             s.registry.status.as_str(),
-            s.observations
-                .iter()
-                .filter(|(name, o)| **name != s.name && o.last_seen_ms.is_some())
-                .count(),
+            s.update.as_ref().map_or("-", |u| u.state.as_str()),
             s.peer_metrics.direct_ready_count,
+            s.peer_metrics.relay_ready_count,
             s.peer_metrics.external_area_ready_count,
             s.peer_metrics.recovery_path_count,
             match &s.resilience {
@@ -233,7 +249,6 @@ fn table(statuses: &[NodeStatus], total: usize) -> String {
                 Some(r) if r.is_met() => "met",
                 Some(_) => "below",
             },
-            s.update.as_ref().map_or("-", |u| u.state.as_str()),
         ));
     }
     out
@@ -332,6 +347,19 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
         .context("starting the fleet")?;
     let total = fleet.expected_records();
     let n = fleet.members.len();
+    let roles: BTreeMap<String, String> = fleet
+        .members
+        .iter()
+        .map(|m| {
+            let r: Vec<&str> = m.spec.roles.iter().map(|r| r.as_str()).collect();
+            let r = if r.is_empty() {
+                "-".to_owned()
+            } else {
+                r.join(",")
+            };
+            (m.name.clone(), r)
+        })
+        .collect();
     let mut control = match ControlPlane::start(
         &mut fleet,
         in_process.clone(),
@@ -442,7 +470,7 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
             let t = started.elapsed();
             done_at = Some(t);
             bar.finish_and_clear();
-            print!("{}", table(&statuses, total));
+            print!("{}", table(&statuses, total, &roles));
             if let Some(r) = &audit {
                 println!("{}", audit_line(r));
             }
@@ -479,7 +507,7 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
             && !a.until_rolled_out
             && last_print.elapsed() >= Duration::from_secs(10)
         {
-            print!("{}", table(&statuses, total));
+            print!("{}", table(&statuses, total, &roles));
             last_print = Instant::now();
         }
         if (a.until_converged || a.until_rolled_out)
@@ -487,7 +515,7 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
             && started.elapsed() > timeout
         {
             bar.finish_and_clear();
-            print!("{}", table(&statuses, total));
+            print!("{}", table(&statuses, total, &roles));
             if let Some(r) = control.audit().await {
                 println!("{}", audit_line(&r));
             }

@@ -533,6 +533,10 @@ impl AsyncUdpSocket for FabricSocket {
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         match self.route(&transmit.destination) {
             Some(route) => self.send_tunnel(&route, transmit),
+            // A virtual address whose tunnel is gone (closed, or the
+            // transport shutting down): the packet is lost, as on a dead
+            // path. It must never reach the kernel as a real destination.
+            None if is_virtual(&transmit.destination) => Ok(()),
             None => self.real.try_send(transmit),
         }
     }
@@ -582,10 +586,12 @@ mod tests {
     use std::collections::VecDeque;
 
     /// A stand-in for the kernel socket that hands out prepared datagrams, so a
-    /// test can "receive" from source addresses no loopback socket can bind.
+    /// test can "receive" from source addresses no loopback socket can bind,
+    /// and records where it was asked to send.
     #[derive(Debug, Default)]
     struct Scripted {
         queue: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+        sent: Mutex<Vec<SocketAddr>>,
     }
 
     #[derive(Debug)]
@@ -602,7 +608,10 @@ mod tests {
             Box::pin(AlwaysWritable)
         }
 
-        fn try_send(&self, _transmit: &Transmit<'_>) -> io::Result<()> {
+        fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+            if let Ok(mut s) = self.sent.lock() {
+                s.push(transmit.destination);
+            }
             Ok(())
         }
 
@@ -698,5 +707,30 @@ mod tests {
         let stats = sock.relay_stats();
         assert_eq!(stats.dropped_spoofed_virtual, 3);
         assert_eq!(stats.delivered_packets, 0);
+    }
+
+    #[test]
+    fn a_send_to_a_virtual_address_without_a_tunnel_never_reaches_the_kernel() {
+        let real = Arc::new(Scripted::default());
+        let sock = FabricSocket::new(real.clone()).expect("socket");
+        let send = |dest: &str| {
+            let t = Transmit {
+                destination: dest.parse().expect("addr"),
+                ecn: None,
+                contents: &[0u8; 100],
+                segment_size: None,
+                src_ip: None,
+            };
+            sock.try_send(&t)
+        };
+        // Quinn closing a relayed connection after its tunnel is gone.
+        assert!(send("240.0.0.8:8").is_ok());
+        assert!(send("[fdfa:b51c::3]:9").is_ok());
+        assert!(send("127.0.0.1:5001").is_ok());
+        let sent = real.sent.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(
+            sent,
+            vec!["127.0.0.1:5001".parse::<SocketAddr>().expect("addr")]
+        );
     }
 }
