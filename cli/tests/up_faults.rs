@@ -14,7 +14,7 @@ impl Drop for Up {
         let _ = Command::new("kill")
             .args(["-INT", &self.0.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
                 return;

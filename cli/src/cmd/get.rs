@@ -53,16 +53,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         return runtime.block_on(show(&args, kind, &client));
     }
     runtime.block_on(async {
+        // One listener for the whole watch: a Ctrl-C during a fetch counts.
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("listening for Ctrl-C")?;
         loop {
             let code = show(&args, kind, &client).await?;
             if code != ExitCode::SUCCESS {
                 return Ok(code);
             }
             tokio::select! {
-                r = tokio::signal::ctrl_c() => {
-                    r.context("waiting for Ctrl-C")?;
-                    return Ok(ExitCode::SUCCESS);
-                }
+                _ = interrupt.recv() => return Ok(ExitCode::SUCCESS),
                 _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
             }
             println!();

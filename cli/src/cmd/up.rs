@@ -255,6 +255,13 @@ fn table(statuses: &[NodeStatus], total: usize, roles: &BTreeMap<String, String>
 }
 
 async fn up(a: Args) -> anyhow::Result<ExitCode> {
+    // Listening from the start and across the view's iterations: a Ctrl-C
+    // (or SIGTERM) that arrives while the fleet starts or a tick is being
+    // processed is kept, not missed, and the fleet is always stopped
+    // cleanly (its context file removed).
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for Ctrl-C")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let timeout = Duration::from_secs(parse_duration(&a.timeout).context("--timeout")? as u64);
     let apply_timeout =
         Duration::from_secs(parse_duration(&a.apply_timeout).context("--apply-timeout")? as u64);
@@ -423,14 +430,15 @@ async fn up(a: Args) -> anyhow::Result<ExitCode> {
     let mut faults = Faults::default();
     let mut last_print = Instant::now();
     let code = loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            r = tokio::signal::ctrl_c() => {
-                r.context("waiting for Ctrl-C")?;
-                bar.finish_and_clear();
-                println!("stopping {n} nodes...");
-                break ExitCode::SUCCESS;
-            }
+        let stop = tokio::select! {
+            _ = tick.tick() => false,
+            _ = interrupt.recv() => true,
+            _ = terminate.recv() => true,
+        };
+        if stop {
+            bar.finish_and_clear();
+            println!("stopping {n} nodes...");
+            break ExitCode::SUCCESS;
         }
         for (id, request) in super::fault::pending(&state_dir) {
             let (ok, message) = match request {
