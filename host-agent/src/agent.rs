@@ -174,6 +174,8 @@ struct Running {
 struct Apply {
     req: ApplyRequest,
     phase: Phase,
+    /// When the old node-agent was told to stop: the downtime's start.
+    stopping_at: Instant,
 }
 
 /// The host agent.
@@ -190,6 +192,8 @@ pub struct HostAgent {
     own_digest: Option<String>,
     /// The version the running node-agent reported with `READY=1`.
     child_version: Option<String>,
+    /// The last apply's downtime (old stopped to new ready), in ms.
+    last_swap_downtime_ms: Option<u64>,
 }
 
 impl HostAgent {
@@ -248,6 +252,7 @@ impl HostAgent {
             last_health_ms: None,
             own_digest,
             child_version: None,
+            last_swap_downtime_ms: None,
         })
     }
 
@@ -388,6 +393,7 @@ impl HostAgent {
         self.journal.reason = None;
         self.save_journal()?;
         faults::point("apply:journal_saved");
+        let stopping_at = Instant::now();
         self.stop_child().await;
         self.slots.switch_to(&req.sha256)?;
         faults::point("apply:switched");
@@ -395,6 +401,7 @@ impl HostAgent {
         self.apply = Some(Apply {
             req,
             phase: Phase::Starting { since_ms: now_ms() },
+            stopping_at,
         });
         Ok(())
     }
@@ -448,6 +455,7 @@ impl HostAgent {
             node_agent_slot: self.slots.current(),
             restarts: self.journal.restarts,
             last_health_ms: self.last_health_ms,
+            last_swap_downtime_ms: self.last_swap_downtime_ms,
         };
         let _ = write_json(&self.cfg.state_dir.join(HOST_STATUS_FILE), &status);
     }
@@ -506,6 +514,14 @@ impl HostAgent {
                             Notice::Ready { digest, version } => {
                                 self.last_health_ms = Some(now_ms());
                                 self.child_version = version;
+                                if let Some(a) = self.apply.as_ref().filter(|a| {
+                                    matches!(a.phase, Phase::Starting { .. })
+                                        && digest.as_deref() == Some(a.req.sha256.as_str())
+                                }) {
+                                    let ms = a.stopping_at.elapsed().as_millis() as u64;
+                                    tracing::info!(sha256 = %a.req.sha256, downtime_ms = ms, "new node-agent ready");
+                                    self.last_swap_downtime_ms = Some(ms);
+                                }
                                 self.backoff.on_success(&());
                                 self.on_event(Event::Ready(digest)).await?;
                             }

@@ -170,6 +170,14 @@ fn failing_builds_roll_back_with_their_reason_a_good_one_commits_and_a_rolled_ba
     let r = result_for(&state, "l3");
     assert_eq!((r.outcome(), r.reason()), ("committed", None));
     assert_eq!(current(&host).as_deref(), Some(v2.1.as_str()));
+    // The swap's downtime is measured: old stopped to new ready, within the
+    // readiness deadline.
+    let downtime = wait_for(
+        "the swap downtime reported",
+        Duration::from_secs(10),
+        || status(&state)?["last_swap_downtime_ms"].as_u64(),
+    );
+    assert!(downtime > 0 && downtime < 1500, "{downtime} ms");
     let prev = std::fs::read_link(host.join("previous")).expect("previous link");
     assert!(prev.ends_with(&v1.1), "{prev:?}");
 

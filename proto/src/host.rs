@@ -122,4 +122,8 @@ pub struct HostStatus {
     /// Unix milliseconds of the last passing health probe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_health_ms: Option<u64>,
+    /// The last apply's downtime: from stopping the old node-agent to the
+    /// new one's `READY=1`, in milliseconds (measured by the host agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_swap_downtime_ms: Option<u64>,
 }
