@@ -158,6 +158,42 @@ fn reap_orphan(host_dir: &Path, slots_dir: &Path) {
     remove();
 }
 
+/// The node-agent's arguments as last started, kept beside the slots.
+pub const ARGS_FILE: &str = "node-agent.args.json";
+
+/// The arguments a running node-agent was started with, read from
+/// `/proc/<pid>/cmdline`: everything after the slot path (argv\[0\] for a
+/// binary, argv\[1\] behind an interpreter). `None` unless the process runs
+/// a file under `slots_dir`.
+pub fn running_args(pid: u32, slots_dir: &Path) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let argv: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let slots = slots_dir.to_string_lossy();
+    let at = argv.iter().position(|a| a.starts_with(slots.as_ref()))?;
+    Some(argv[at + 1..].to_vec())
+}
+
+/// Repairs a lost or stale node-agent command line from local runtime state:
+/// the running node-agent's own `/proc/<pid>/cmdline` first (what actually
+/// runs), then the arguments the host agent last started it with. `None`
+/// when neither is there.
+fn repair_args(host_dir: &Path) -> Option<(Vec<String>, String)> {
+    let slots = host_dir.join("slots");
+    let from_proc = std::fs::read_to_string(host_dir.join(CHILD_FILE))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .and_then(|pid| running_args(pid, &slots).map(|a| (a, format!("/proc/{pid}/cmdline"))));
+    from_proc.or_else(|| {
+        let path = host_dir.join(ARGS_FILE);
+        let args: Vec<String> = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+        Some((args, path.display().to_string()))
+    })
+}
+
 enum Woke {
     Exited(Option<std::process::ExitStatus>),
     Notices(Vec<Notice>),
@@ -199,7 +235,15 @@ pub struct HostAgent {
 impl HostAgent {
     /// Opens the slots and the journal and binds the notify socket; installs
     /// the initial binary when nothing is current.
-    pub fn new(cfg: HostConfig) -> Result<HostAgent, HostError> {
+    pub fn new(mut cfg: HostConfig) -> Result<HostAgent, HostError> {
+        if cfg.args.is_empty() {
+            // A wiped or stale unit: the node-agent's command line is taken
+            // back from what runs (or last ran) on this machine.
+            if let Some((args, from)) = repair_args(&cfg.host_dir) {
+                tracing::warn!(%from, args = ?args, "no node-agent arguments given; repaired the command line from local runtime state");
+                cfg.args = args;
+            }
+        }
         let slots = Slots::new(&cfg.host_dir, "node-agent");
         let mut journal: HostJournal = std::fs::read(cfg.host_dir.join("phase.json"))
             .ok()
@@ -286,6 +330,18 @@ impl HostAgent {
                 source,
             })?;
         tracing::info!(sha256 = %sha, pid = ?child.id(), "node-agent started");
+        match serde_json::to_vec(&self.cfg.args) {
+            Ok(b) => {
+                if let Err(e) = fabric_schemas::keys::write_atomic(
+                    &self.cfg.host_dir.join(ARGS_FILE),
+                    &b,
+                    0o644,
+                ) {
+                    tracing::warn!(error = %e, "cannot record the node-agent's arguments");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode the node-agent's arguments"),
+        }
         if let Some(pid) = child.id() {
             // Written after the spawn: a crash between the two leaves a
             // child nobody reaps but the session's end (systemd's

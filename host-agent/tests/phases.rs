@@ -385,3 +385,73 @@ fn sigkill_at_every_write_point_of_a_switch_leaves_a_bootable_current_and_the_ap
         kill_group(&mut ha, &host);
     }
 }
+
+#[test]
+fn a_host_agent_started_without_arguments_repairs_the_command_line_from_the_running_node_agent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, host) = (dir.path().join("node"), dir.path().join("host"));
+    let v1 = good(dir.path(), "v1");
+    let spawn = |args: &[&str]| {
+        use std::os::unix::process::CommandExt;
+        Command::new(HA)
+            .arg("run")
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--host-dir")
+            .arg(&host)
+            .arg("--node-agent")
+            .arg(&v1.0)
+            .arg("--")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("host agent runs")
+    };
+    let cmdline = |pid: u32| -> String {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default()
+    };
+    let mut ha = spawn(&["--name", "n1", "--marker", "from-the-unit"]);
+    let first = wait_for("the node-agent running", Duration::from_secs(20), || {
+        slot_processes(&host).first().copied()
+    });
+    assert!(
+        cmdline(first).contains("--marker from-the-unit"),
+        "{}",
+        cmdline(first)
+    );
+    // The host agent dies and its unit loses the node-agent's arguments.
+    sigkill(ha.id());
+    let _ = ha.wait();
+    let mut ha = spawn(&[]);
+    let next = wait_for(
+        "a node-agent with the repaired command line",
+        Duration::from_secs(20),
+        || match slot_processes(&host).as_slice() {
+            [one] if *one != first => Some(*one),
+            _ => None,
+        },
+    );
+    assert!(
+        cmdline(next).contains("--name n1 --marker from-the-unit"),
+        "{}",
+        cmdline(next)
+    );
+    // With nothing running, the arguments last used are the fallback.
+    kill_group(&mut ha, &host);
+    let mut ha = spawn(&[]);
+    let third = wait_for(
+        "a node-agent from the recorded arguments",
+        Duration::from_secs(20),
+        || slot_processes(&host).first().copied(),
+    );
+    assert!(
+        cmdline(third).contains("--marker from-the-unit"),
+        "{}",
+        cmdline(third)
+    );
+    kill_group(&mut ha, &host);
+}
