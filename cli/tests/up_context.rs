@@ -3,79 +3,12 @@
 //! `rollout` need. Editing the watched folder reaches the rollout driver.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fabricctl");
+mod support;
+use support::{ctl, text, wait_until, Up, BIN};
 const INTENT: &str = "node-agent-0-2-0";
-
-/// Stops `up` with Ctrl-C (SIGINT) however the test ends.
-struct Up(Child);
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `fabricctl ARGS` with only the context variable to find the fleet.
-fn ctl(ctx: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("FABRIC_CONTEXT", ctx)
-        .env_remove("HOME")
-        .output()
-        .expect("fabricctl runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> Result<(), String>) {
-    let start = Instant::now();
-    loop {
-        match ok() {
-            Ok(()) => return,
-            Err(last) if start.elapsed() > within => {
-                panic!("{what}: not after {within:?}; last: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
-    }
-}
-
-/// A plain HTTP/1.1 GET on loopback; the body.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let (head, body) = out.split_once("\r\n\r\n").expect("http response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
@@ -145,7 +78,8 @@ fn operator_commands_need_only_the_context_file_and_an_edited_folder_reaches_the
     let server = context["server"].as_str().expect("server").to_owned();
     let audit = ctl(&ctx, &["audit", "-o", "json"]);
     let a: serde_json::Value = serde_json::from_slice(&audit.stdout).expect("audit json");
-    let body = http_get(server.trim_start_matches("http://"), "/metrics");
+    let (status, body) = fabric_testkit::http_get(server.trim_start_matches("http://"), "/metrics");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     let samples = fabric_runtime::metrics::parse(&body);
     let value = |name: &str, label: Option<(&str, &str)>| {
         samples

@@ -3,58 +3,11 @@
 //! node working from its signed directory, and `heal` brings both back.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fabricctl");
-
-struct Up(Child);
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn ctl(ctx: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("FABRIC_CONTEXT", ctx)
-        .env_remove("HOME")
-        .output()
-        .expect("fabricctl runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> Result<(), String>) {
-    let start = Instant::now();
-    loop {
-        match ok() {
-            Ok(()) => return,
-            Err(last) if start.elapsed() > within => {
-                panic!("{what}: not after {within:?}; last: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
-    }
-}
+mod support;
+use support::{ctl, text, wait_until, Up, BIN};
 
 fn now_ms() -> u64 {
     SystemTime::now()

@@ -21,34 +21,7 @@ use crate::status::NodeStatus;
 pub fn render(s: &NodeStatus) -> String {
     let mut e = Exposition::new();
     let node = [("node", s.name.as_str())];
-    let m = &s.peer_metrics;
-    for (name, help, v) in [
-        (
-            "direct_ready_count",
-            "Peers ready on a direct path.",
-            m.direct_ready_count,
-        ),
-        (
-            "relay_ready_count",
-            "Peers ready through a relay.",
-            m.relay_ready_count,
-        ),
-        (
-            "external_area_ready_count",
-            "Ready peers in another area.",
-            m.external_area_ready_count,
-        ),
-        (
-            "independent_ingress_ready_count",
-            "Ready peers behind distinct public ingress (NAT groups).",
-            m.independent_ingress_ready_count,
-        ),
-        (
-            "recovery_path_count",
-            "Ready paths outside the node's own area.",
-            m.recovery_path_count,
-        ),
-    ] {
+    for (name, help, v) in s.peer_metrics.named() {
         e.gauge(name, help, &node, f64::from(v));
     }
     for (name, help, v) in [

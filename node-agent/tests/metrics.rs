@@ -2,8 +2,7 @@
 //! directory and registry figures, equal to what its status reports, on a
 //! listener its edge inventory declares as a `metrics-edge`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use fabric_compose::fleet::{synthetic_nodes, FleetOptions, LocalFleet};
@@ -11,18 +10,7 @@ use fabric_node_agent::registry::RegistryStatus;
 use fabric_proto::edge::ReportedRole;
 
 fn scrape(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let (head, body) = out.split_once("\r\n\r\n").expect("http response");
-    (head.to_owned(), body.to_owned())
+    fabric_testkit::http_get(&addr.to_string(), path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,6 +92,40 @@ pub struct PeerMetrics {
     pub recovery_path_count: u32,
 }
 
+impl PeerMetrics {
+    /// Each metric as `(name, help, value)`, in the seed's order: what every
+    /// `/metrics` exposition writes under these names.
+    pub fn named(&self) -> [(&'static str, &'static str, u32); 5] {
+        [
+            (
+                "direct_ready_count",
+                "Peers ready on a direct path.",
+                self.direct_ready_count,
+            ),
+            (
+                "relay_ready_count",
+                "Peers ready through a relay.",
+                self.relay_ready_count,
+            ),
+            (
+                "external_area_ready_count",
+                "Ready peers in another area.",
+                self.external_area_ready_count,
+            ),
+            (
+                "independent_ingress_ready_count",
+                "Ready peers behind distinct public ingress (NAT groups).",
+                self.independent_ingress_ready_count,
+            ),
+            (
+                "recovery_path_count",
+                "Ready paths outside the node's own area.",
+                self.recovery_path_count,
+            ),
+        ]
+    }
+}
+
 /// State of the node's updater subscription plane (seed P0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -77,3 +77,22 @@ where
         tokio::time::sleep(every).await;
     }
 }
+
+/// A plain HTTP/1.1 `GET path` to `addr` on loopback (`Connection: close`),
+/// for tests of `/metrics` endpoints: `(status line, body)`. Panics on I/O
+/// errors, as a test should.
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.to_owned(), body.to_owned())
+}

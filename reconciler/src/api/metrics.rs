@@ -123,34 +123,7 @@ pub fn render(report: &AuditReport, rollouts: &[RolloutView]) -> String {
     let mut states: std::collections::BTreeMap<&str, usize> = Default::default();
     for n in &report.nodes {
         let node = n.node.as_str();
-        let m = &n.peer_metrics;
-        for (name, help, v) in [
-            (
-                "direct_ready_count",
-                "Peers ready on a direct path.",
-                m.direct_ready_count,
-            ),
-            (
-                "relay_ready_count",
-                "Peers ready through a relay.",
-                m.relay_ready_count,
-            ),
-            (
-                "external_area_ready_count",
-                "Ready peers in another area.",
-                m.external_area_ready_count,
-            ),
-            (
-                "independent_ingress_ready_count",
-                "Ready peers behind distinct public ingress (NAT groups).",
-                m.independent_ingress_ready_count,
-            ),
-            (
-                "recovery_path_count",
-                "Ready paths outside the node's own area.",
-                m.recovery_path_count,
-            ),
-        ] {
+        for (name, help, v) in n.peer_metrics.named() {
             e.gauge(name, help, &[("node", node)], f64::from(v));
         }
         e.flag(
